@@ -1,0 +1,156 @@
+"""Elementwise primitives: arithmetic, comparisons, logic, math functions, casts.
+
+All broadcast as NumPy does.  Dtype promotion happens in the front end (it inserts
+``cast`` ops), so the operands of a binary arithmetic primitive share one dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dplang.ir import types as T
+from dplang.ir.primitives import TypeRuleError, defprim
+
+
+def _shape(types):
+    try:
+        return T.broadcast_shapes(*[t.shape for t in types])
+    except T.BroadcastError as e:
+        raise TypeRuleError(str(e), kind="shape")
+
+
+def _check_numeric(types, name):
+    for i, t in enumerate(types):
+        if not isinstance(t, (T.Scalar, T.Array)):
+            raise TypeRuleError(f"{name}: operand {i + 1} is not a number or array", arg=i)
+
+
+def same_dtype_infer(name):
+    def infer(types, attrs):
+        _check_numeric(types, name)
+        dt = types[0].dtype
+        for t in types[1:]:
+            dt = T.promote(dt, t.dtype)
+        return T.make(dt, _shape(types))
+    return infer
+
+
+def float_infer(name):
+    """Result is float (``exp``, ``/``): ints become f64, f32 stays f32."""
+    def infer(types, attrs):
+        _check_numeric(types, name)
+        dt = types[0].dtype
+        for t in types[1:]:
+            dt = T.promote(dt, t.dtype)
+        return T.make(T.float_of(dt), _shape(types))
+    return infer
+
+
+def bool_infer(name):
+    def infer(types, attrs):
+        _check_numeric(types, name)
+        return T.make("bool", _shape(types))
+    return infer
+
+
+def _np_out(fn, dtype_fn=None):
+    return fn
+
+
+# ---------------------------------------------------------------- arithmetic
+def _binary(name, impl, infer=None, doc="", cpu=None):
+    defprim(name, operands=("x", "y"), infer=infer or same_dtype_infer(name), impl=impl,
+            group="arithmetic", doc=doc, templates={"cpu": cpu} if cpu else {})
+
+
+_binary("add", np.add, doc="x + y", cpu="({x} + {y})")
+_binary("sub", np.subtract, doc="x - y", cpu="({x} - {y})")
+_binary("mul", np.multiply, doc="x * y", cpu="({x} * {y})")
+_binary("div", np.true_divide, infer=float_infer("div"), doc="x / y", cpu="({x} / {y})")
+_binary("floordiv", np.floor_divide, doc="x // y", cpu="({x} // {y})")
+_binary("mod", np.mod, doc="x % y (sign of y, as NumPy)", cpu="({x} % {y})")
+_binary("pow", np.power, doc="x ** y", cpu="({x} ** {y})")
+_binary("maximum", np.maximum, doc="elementwise maximum (NaN-propagating)")
+_binary("minimum", np.minimum, doc="elementwise minimum (NaN-propagating)")
+
+defprim("neg", operands=("x",), infer=same_dtype_infer("neg"), impl=np.negative,
+        group="arithmetic", doc="-x", templates={"cpu": "(-{x})"})
+
+# ---------------------------------------------------------------- comparisons
+for _name, _fn, _sym in [("eq", np.equal, "=="), ("ne", np.not_equal, "!="),
+                         ("lt", np.less, "<"), ("le", np.less_equal, "<="),
+                         ("gt", np.greater, ">"), ("ge", np.greater_equal, ">=")]:
+    defprim(_name, operands=("x", "y"), infer=bool_infer(_name), impl=_fn,
+            zero_derivative=True, group="comparison", doc=f"x {_sym} y",
+            templates={"cpu": f"({{x}} {_sym} {{y}})"})
+
+defprim("logical_and", operands=("x", "y"), infer=bool_infer("and"), impl=np.logical_and,
+        zero_derivative=True, group="logic", doc="x and y (both evaluated)")
+defprim("logical_or", operands=("x", "y"), infer=bool_infer("or"), impl=np.logical_or,
+        zero_derivative=True, group="logic", doc="x or y (both evaluated)")
+defprim("logical_not", operands=("x",), infer=bool_infer("not"), impl=np.logical_not,
+        zero_derivative=True, group="logic", doc="not x")
+
+
+# ---------------------------------------------------------------- math functions
+def _sigmoid(x):
+    x = np.asarray(x)
+    # stable for large |x|
+    out = np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))),
+                   np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+    return out.astype(np.result_type(x.dtype, np.float32) if x.dtype == np.float32 else np.float64)[()]
+
+
+def _softplus(x):
+    x = np.asarray(x)
+    return (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))))[()]
+
+
+_UNARY_FLOAT = {
+    "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1, "sqrt": np.sqrt,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
+    "sigmoid": _sigmoid, "softplus": _softplus,
+}
+for _name, _fn in _UNARY_FLOAT.items():
+    defprim(_name, operands=("x",), infer=float_infer(_name), impl=_fn, group="math",
+            doc=f"elementwise {_name}")
+
+defprim("abs", operands=("x",), infer=same_dtype_infer("abs"), impl=np.abs, group="math",
+        doc="elementwise |x| (subgradient 0 at 0)")
+defprim("sign", operands=("x",), infer=same_dtype_infer("sign"), impl=np.sign,
+        zero_derivative=True, group="math", doc="elementwise sign")
+for _name, _fn in [("floor", np.floor), ("ceil", np.ceil), ("round", np.round)]:
+    defprim(_name, operands=("x",), infer=same_dtype_infer(_name), impl=_fn,
+            zero_derivative=True, group="math",
+            doc=f"elementwise {_name} (NumPy: float in, float out; round half to even)")
+
+
+def _where_infer(types, attrs):
+    c, a, b = types
+    _check_numeric(types, "where")
+    if c.dtype != "bool":
+        raise TypeRuleError(f"where: the condition must be bool, got {c}", arg=0)
+    return T.make(T.promote(a.dtype, b.dtype), _shape(types))
+
+
+defprim("where", operands=("cond", "x", "y"), infer=_where_infer, impl=np.where,
+        group="selection", doc="x where cond else y")
+
+
+def _clip_infer(types, attrs):
+    _check_numeric(types, "clip")
+    return T.make(types[0].dtype, _shape(types))
+
+
+defprim("clip", operands=("x", "lo", "hi"), infer=_clip_infer,
+        impl=lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), group="selection",
+        doc="minimum(maximum(x, lo), hi)")
+
+
+def _cast_infer(types, attrs):
+    _check_numeric(types, "cast")
+    return T.with_dtype(types[0], attrs["dtype"])
+
+
+defprim("cast", operands=("x",), attrs={"dtype": "f64"}, infer=_cast_infer,
+        impl=lambda x, dtype: np.asarray(x).astype(T.NP_DTYPES[dtype])[()],
+        group="conversion", doc="convert to another dtype (inserted by promotion)")
