@@ -33,7 +33,11 @@ from dplang.ir.types import Type
 
 _ids = itertools.count()
 
-STRUCTURAL = ("const", "for", "while", "if", "call", "yield", "return")
+STRUCTURAL = ("const", "for", "while", "if", "call", "yield", "return", "assert", "undef")
+# ``assert``: operands (cond, *extra), attrs msg (may hold {0}, {1}... for the extra
+#             operands), kind ("assert" | "shape"): raises at run time when cond is false.
+# ``undef``:  no operands, one result: a placeholder of its type on paths that never
+#             read it (the return value before a ``return`` ran).
 
 
 class Value:

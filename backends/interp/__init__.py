@@ -1,1 +1,305 @@
-"""dplang.backends.interp"""
+"""The reference interpreter: executes the IR op by op with NumPy.
+
+``run_func(program, name_or_func, args) -> list`` runs a function (a key or export name
+of ``program``, or a ``Func``) on ``args`` and returns its results as a list, each
+converted to its declared type (``f64`` -> ``np.float64``, arrays -> ``np.ndarray``).
+
+Semantics (the executable definition of the IR's meaning):
+
+* ``const`` gives its ``value`` attr as the result type's NumPy scalar (arrays copied);
+  ``undef`` a placeholder (0 of the dtype, or an empty array of the right rank);
+* a primitive runs ``REGISTRY[name].impl(*operands, **attrs)`` (attrs starting with
+  ``_`` are front-end hints and are not passed); its results are converted to the
+  declared dtype, and an array result that may share memory with an operand is copied
+  (arrays are values);
+* ``setitem`` ops found by ``ir.analysis`` to be in place write into the operand's
+  buffer directly; loop inits and yields are copied where the analysis says so, so
+  the value semantics hold exactly as compiled code would realise them;
+* ``for`` runs over ``range(lo, hi, step)`` (any non-zero step, negative too); ``while``
+  evaluates its cond region before each trip; ``if`` runs one branch; ``call`` runs the
+  callee by name; ``assert`` raises ``DPAssertionError(msg)`` at the op's location;
+* any other failure while running an op (an index out of range, a singular matrix, ...)
+  becomes a ``DPRuntimeError`` located at that op.  Floating-point exceptions are
+  ignored (IEEE results, as compiled code gives).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from dplang.errors import DPAssertionError, DPError, DPRuntimeError
+from dplang.ir import types as T
+from dplang.ir.analysis import analyze_inplace
+from dplang.ir.core import Func, Op, Program, Region
+from dplang.ir.primitives import REGISTRY
+from dplang.ir.primitives.indexing import build_index
+
+
+# ---------------------------------------------------------------------- conversions
+def to_type(val, t: T.Type):
+    """``val`` as a value of IR type ``t`` (NumPy scalar or array of its dtype)."""
+    if isinstance(t, T.Scalar):
+        dt = T.NP_DTYPES[t.dtype]
+        if type(val) is dt:
+            return val
+        if isinstance(val, np.ndarray):
+            if val.size != 1:
+                raise ValueError(f"expected a scalar {t}, got an array of shape {val.shape}")
+            val = val.reshape(()).item() if val.ndim else val[()]
+        return dt(val)
+    if isinstance(t, T.Array):
+        dt = T.NP_DTYPES[t.dtype]
+        if isinstance(val, np.ndarray) and val.dtype == dt:
+            return val
+        return np.asarray(val, dtype=dt)
+    return val
+
+
+def _undef(t: T.Type):
+    if isinstance(t, T.Scalar):
+        return T.NP_DTYPES[t.dtype](0)
+    if isinstance(t, T.Array):
+        return np.zeros((0,) * t.ndim, dtype=T.NP_DTYPES[t.dtype])
+    return None
+
+
+def _copy(v):
+    return v.copy() if isinstance(v, np.ndarray) else v
+
+
+# ---------------------------------------------------------------------- per-func plan
+class _Plan:
+    """What the interpreter precomputes once per function."""
+
+    def __init__(self, func: Func):
+        self.func = func
+        a = analyze_inplace(func)
+        self.inplace = a.inplace
+        self.init_copies = a.init_copies
+        self.yield_copies = a.yield_copies
+        self.attrs: dict[Op, dict] = {}
+        for op in func.walk():
+            self.attrs[op] = {k: v for k, v in op.attrs.items() if not str(k).startswith("_")}
+        self.signature = _signature(func)
+
+
+def _signature(func: Func):
+    return tuple((id(op), tuple(id(v) for v in op.operands), tuple(id(v) for v in op.results))
+                 for op in func.walk())
+
+
+# id(func) -> (weakref to func, plan); validated by the structure signature once per run
+_PLANS: dict[int, tuple] = {}
+
+
+def _plan_for(func: Func, run_cache: dict) -> _Plan:
+    p = run_cache.get(id(func))
+    if p is not None:
+        return p
+    entry = _PLANS.get(id(func))
+    if entry is not None:
+        ref, plan = entry
+        if ref() is not func or plan.signature != _signature(func):
+            plan = None
+    else:
+        plan = None
+    if plan is None:
+        plan = _Plan(func)
+        try:
+            key = id(func)
+            ref = weakref.ref(func, lambda _r, key=key: _PLANS.pop(key, None))
+            _PLANS[key] = (ref, plan)
+        except TypeError:
+            pass
+    run_cache[id(func)] = plan
+    return plan
+
+
+# ---------------------------------------------------------------------- execution
+class _Run:
+    def __init__(self, program: Program | None):
+        self.program = program
+        self.plans: dict[int, _Plan] = {}
+
+    def lookup(self, name: str, op: Op | None = None) -> Func:
+        prog = self.program
+        if prog is not None:
+            key = prog.exports.get(name, name)
+            f = prog.funcs.get(key)
+            if f is not None:
+                return f
+        raise DPRuntimeError(f"call to unknown function {name!r}", op.loc if op else None)
+
+    def call(self, func: Func, args: list) -> list:
+        plan = _plan_for(func, self.plans)
+        params = func.params
+        if len(args) != len(params):
+            raise DPRuntimeError(f"{func.name} takes {len(params)} argument(s), got {len(args)}",
+                                 func.loc)
+        env: dict = {}
+        for p, a in zip(params, args):
+            env[p] = to_type(a, p.type)
+        out = self.region(func.body, env, plan)
+        return [to_type(v, t) for v, t in zip(out, func.result_types)]
+
+    def region(self, region: Region, env: dict, plan: _Plan) -> list:
+        for op in region.ops:
+            name = op.name
+            if name == "yield" or name == "return":
+                vals = [env[v] for v in op.operands]
+                if plan.yield_copies:
+                    for k in range(len(vals)):
+                        if (op, k) in plan.yield_copies:
+                            vals[k] = _copy(vals[k])
+                return vals
+            try:
+                handler = _HANDLERS.get(name)
+                if handler is not None:
+                    handler(self, op, env, plan)
+                else:
+                    self.primitive(op, env, plan)
+            except DPError:
+                raise
+            except RecursionError:
+                raise DPRuntimeError("recursion too deep", op.loc) from None
+            except Exception as e:
+                raise DPRuntimeError(_describe(op, e), op.loc) from e
+        raise DPRuntimeError("region ended without a terminator", None)
+
+    # -- primitives -------------------------------------------------------------
+    def primitive(self, op: Op, env: dict, plan: _Plan) -> None:
+        vals = [env[v] for v in op.operands]
+        if op.name == "setitem" and op in plan.inplace:
+            x = vals[0]
+            if isinstance(x, np.ndarray) and x.flags.writeable:
+                x[build_index(vals[2:], plan.attrs[op].get("index"))] = vals[1]
+                env[op.results[0]] = x
+                return
+        prim = REGISTRY.get(op.name)
+        if prim is None:
+            raise DPRuntimeError(f"unknown op {op.name!r}", op.loc)
+        out = prim.impl(*vals, **plan.attrs[op])
+        results = op.results
+        if len(results) == 1:
+            out = (out,)
+        elif not isinstance(out, (tuple, list)) or len(out) != len(results):
+            raise DPRuntimeError(f"{op.name} returned {out!r}, expected {len(results)} results",
+                                 op.loc)
+        for r, v in zip(results, out):
+            v = to_type(v, r.type)
+            if isinstance(v, np.ndarray):
+                for a in vals:
+                    if isinstance(a, np.ndarray) and np.may_share_memory(v, a):
+                        v = v.copy()
+                        break
+            env[r] = v
+
+
+def _describe(op: Op, e: Exception) -> str:
+    if isinstance(e, IndexError):
+        return f"index out of range in {op.name}: {e}"
+    if isinstance(e, np.linalg.LinAlgError):
+        return f"{op.name}: {e}"
+    return f"{op.name} failed: {type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------------- structural ops
+def _const(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    r = op.results[0]
+    val = op.attrs["value"]
+    if isinstance(r.type, T.Array):
+        env[r] = np.array(val, dtype=T.NP_DTYPES[r.type.dtype], copy=True)
+    else:
+        env[r] = to_type(val, r.type)
+
+
+def _undef_op(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    env[op.results[0]] = _undef(op.results[0].type)
+
+
+def _assert(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    if not bool(env[op.operands[0]]):
+        raise DPAssertionError(str(op.attrs.get("msg") or "assertion failed"), op.loc)
+
+
+def _inits(op: Op, start: int, env: dict, plan: _Plan) -> list:
+    vals = []
+    for k in range(start, len(op.operands)):
+        v = env[op.operands[k]]
+        if (op, k) in plan.init_copies:
+            v = _copy(v)
+        vals.append(v)
+    return vals
+
+
+def _for(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    lo, hi, step = (int(env[v]) for v in op.operands[:3])
+    if step == 0:
+        raise DPRuntimeError("range() step must not be zero", op.loc)
+    carried = _inits(op, 3, env, plan)
+    body = op.regions[0]
+    iv, cargs = body.args[0], body.args[1:]
+    i64 = np.int64
+    for i in range(lo, hi, step):
+        env[iv] = i64(i)
+        for a, c in zip(cargs, carried):
+            env[a] = c
+        carried = run.region(body, env, plan)
+    for r, c in zip(op.results, carried):
+        env[r] = c
+
+
+def _while(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    carried = _inits(op, 0, env, plan)
+    cond, body = op.regions
+    while True:
+        for a, c in zip(cond.args, carried):
+            env[a] = c
+        (flag,) = run.region(cond, env, plan)
+        if not flag:
+            break
+        for a, c in zip(body.args, carried):
+            env[a] = c
+        carried = run.region(body, env, plan)
+    for r, c in zip(op.results, carried):
+        env[r] = c
+
+
+def _if(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    branch = op.regions[0] if bool(env[op.operands[0]]) else op.regions[1]
+    out = run.region(branch, env, plan)
+    for r, v in zip(op.results, out):
+        env[r] = v
+
+
+def _call(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    f = run.lookup(op.attrs.get("callee"), op)
+    out = run.call(f, [env[v] for v in op.operands])
+    for r, v in zip(op.results, out):
+        env[r] = v
+
+
+_HANDLERS = {"const": _const, "undef": _undef_op, "assert": _assert, "for": _for,
+             "while": _while, "if": _if, "call": _call}
+
+
+# ---------------------------------------------------------------------- entry
+def run_func(program: Program | None, name_or_func, args: list) -> list:
+    """Run a function of ``program`` (by name, or a ``Func``) on ``args``; returns the
+    list of its results, each of its declared type."""
+    run = _Run(program)
+    if isinstance(name_or_func, Func):
+        func = name_or_func
+    else:
+        if program is None:
+            raise ValueError("run_func: a function name needs a program")
+        try:
+            func = program.func(name_or_func)
+        except KeyError:
+            raise DPRuntimeError(f"no function named {name_or_func!r}") from None
+    with np.errstate(all="ignore"):
+        return run.call(func, list(args))
+
+
+__all__ = ["run_func", "to_type"]

@@ -110,15 +110,34 @@ _UNARY_FLOAT = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "tanh": np.tanh,
     "sigmoid": _sigmoid, "softplus": _softplus,
 }
+
+
+def _float_arg(fn):
+    """Compute in the float dtype the type rule promises (NumPy would give float16 for
+    bool operands)."""
+    def impl(x):
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            x = x.astype(np.float64, copy=False)
+        return fn(x)
+    return impl
+
+
 for _name, _fn in _UNARY_FLOAT.items():
-    defprim(_name, operands=("x",), infer=float_infer(_name), impl=_fn, group="math",
+    defprim(_name, operands=("x",), infer=float_infer(_name), impl=_float_arg(_fn), group="math",
             doc=f"elementwise {_name}")
 
 defprim("abs", operands=("x",), infer=same_dtype_infer("abs"), impl=np.abs, group="math",
         doc="elementwise |x| (subgradient 0 at 0)")
 defprim("sign", operands=("x",), infer=same_dtype_infer("sign"), impl=np.sign,
         zero_derivative=True, group="math", doc="elementwise sign")
-for _name, _fn in [("floor", np.floor), ("ceil", np.ceil), ("round", np.round)]:
+def _round(x):
+    x = np.asarray(x)
+    # NumPy rounds bools to float16; rounding keeps the dtype everywhere else
+    return x.copy()[()] if x.dtype == np.bool_ else np.round(x)[()]
+
+
+for _name, _fn in [("floor", np.floor), ("ceil", np.ceil), ("round", _round)]:
     defprim(_name, operands=("x",), infer=same_dtype_infer(_name), impl=_fn,
             zero_derivative=True, group="math",
             doc=f"elementwise {_name} (NumPy: float in, float out; round half to even)")
@@ -132,13 +151,15 @@ def _where_infer(types, attrs):
     return T.make(T.promote(a.dtype, b.dtype), _shape(types))
 
 
-defprim("where", operands=("cond", "x", "y"), infer=_where_infer, impl=np.where,
+defprim("where", operands=("cond", "x", "y"), infer=_where_infer,
+        impl=lambda c, x, y: np.where(c, x, y)[()],
         group="selection", doc="x where cond else y")
 
 
 def _clip_infer(types, attrs):
     _check_numeric(types, "clip")
-    return T.make(types[0].dtype, _shape(types))
+    return T.make(T.promote(T.promote(types[0].dtype, types[1].dtype), types[2].dtype),
+                  _shape(types))
 
 
 defprim("clip", operands=("x", "lo", "hi"), infer=_clip_infer,

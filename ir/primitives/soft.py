@@ -1,1 +1,332 @@
-"""(to be written)"""
+"""Soft operators (SPEC 2.2, 2.3) and the smoothed counterparts of the hard ones.
+
+Along the last axis by default (attr ``axis=-1``; ``None`` or a tuple of axes treat
+those axes together as one flattened vector), float results:
+
+* ``softmax(x)``, ``sparsemax(x)`` (Euclidean projection onto the simplex, the sort
+  based algorithm of Martins & Astudillo 2016);
+* ``smax(x, gamma)``, ``smin(x, gamma)`` with attr ``reg``: ``"entropy"`` gives
+  ``gamma * logsumexp(x / gamma)``, ``"l2"`` gives ``<q, x> - gamma/2 ||q||^2`` with
+  ``q = sparsemax(x / gamma)``; ``smin(x) = -smax(-x)``.  They reduce the axis;
+* ``sargmax(x, gamma)``, ``sargmin(x, gamma)``: the maximiser q (``softmax(x / gamma)``
+  or ``sparsemax(x / gamma)``), the gradient of ``smax``; ``sargmin(x) = sargmax(-x)``;
+* ``onehot_argmax(x)``, ``onehot_argmin(x)``: one-hot f64 of the FIRST maximiser /
+  minimiser (zero derivative);
+* ``smaxn(gamma, *xs)`` / ``sminn(gamma, *xs)`` (variadic scalars: ``smax`` of the
+  vector of xs) and ``smaximum(x, y, gamma)`` / ``sminimum(x, y, gamma)`` (pairwise,
+  broadcasting), targets of the smoothing pass.
+
+Exactness: the computations are max-shifted (finite for ``gamma = 1e-8`` with
+``x ~ 1e2``), ``-inf`` entries get weight exactly 0 and no NaN, a vector whose maximum
+is infinite (all ``-inf``, or some ``+inf``) has value that maximum and its weight
+spread uniformly over the entries equal to it.  ``gamma`` must be positive (a
+``ValueError`` otherwise).
+
+Each hard primitive names its smoothed counterpart (``Primitive.smoothed``):
+maxn->smaxn, minn->sminn, maximum->smaximum, minimum->sminimum, max->smax, min->smin,
+onehot_argmax->sargmax, onehot_argmin->sargmin.  ``max``'s default axis is ``None``
+and ``smax``'s is ``-1``: the smoothing pass copies ``axis`` explicitly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dplang.ir import types as T
+from dplang.ir.primitives import REGISTRY, TypeRuleError, defprim
+from dplang.ir.primitives.reductions import (dtype_of, need_scalar, norm_axes, numeric,
+                                             out, promote_all, reduced_shape)
+
+REGS = ("entropy", "l2")
+
+
+# ---------------------------------------------------------------- row kernels
+# Each works on a 2-D float array ``z`` (rows = independent vectors) and returns per-row
+# values (1-D) or weights (2-D).
+
+def _row_max(z):
+    m = np.max(z, axis=1, keepdims=True)
+    fin = np.isfinite(m)
+    return m, fin, np.where(fin, m, 0)
+
+
+def _ties(z, m):
+    """Uniform weights over the entries equal to the row maximum (for infinite maxima)."""
+    tie = (z == m)
+    return tie / np.sum(tie, axis=1, keepdims=True)
+
+
+def softmax_rows(z, gamma=1.0):
+    with np.errstate(all="ignore"):
+        m, fin, shift = _row_max(z)
+        e = np.exp((z - shift) / gamma)
+        q = e / np.sum(e, axis=1, keepdims=True)
+        return np.where(fin, q, _ties(z, m))
+
+
+def sparsemax_rows(z, gamma=1.0):
+    with np.errstate(all="ignore"):
+        m, fin, shift = _row_max(z)
+        w = (z - shift) / gamma                      # finite rows: max 0, -inf stays -inf
+        ws = -np.sort(-w, axis=1)                    # descending, -inf last
+        k = np.arange(1, z.shape[1] + 1, dtype=z.dtype)
+        cs = np.cumsum(ws, axis=1)
+        support = 1 + k * ws > cs
+        kz = np.max(np.where(support, np.arange(1, z.shape[1] + 1), 0), axis=1, keepdims=True)
+        kz = np.maximum(kz, 1)
+        tau = (np.take_along_axis(cs, kz - 1, axis=1) - 1) / kz
+        q = np.maximum(w - tau, 0)
+        return np.where(fin, q, _ties(z, m)).astype(z.dtype, copy=False)
+
+
+def smax_rows(z, gamma, reg):
+    with np.errstate(all="ignore"):
+        m, fin, shift = _row_max(z)
+        if reg == "entropy":
+            s = np.sum(np.exp((z - shift) / gamma), axis=1, keepdims=True)
+            v = shift + gamma * np.log(s)
+        else:
+            q = sparsemax_rows(z, gamma)
+            lin = np.sum(np.where(q > 0, q * (z - shift), 0), axis=1, keepdims=True)
+            v = shift + lin - gamma / 2 * np.sum(q * q, axis=1, keepdims=True)
+        return np.where(fin, v, m)[:, 0]
+
+
+def sargmax_rows(z, gamma, reg):
+    return softmax_rows(z, gamma) if reg == "entropy" else sparsemax_rows(z, gamma)
+
+
+def onehot_rows(z, pick=np.argmax):
+    q = np.zeros(z.shape, np.float64)
+    q[np.arange(z.shape[0]), pick(z, axis=1)] = 1.0
+    return q
+
+
+def along(x, axis, fn, reduce):
+    """Apply a row kernel over ``axis`` (moved last and flattened) of array ``x``."""
+    nd = x.ndim
+    axes = norm_axes(axis, nd, "soft operator")
+    rest = [k for k in range(nd) if k not in axes]
+    perm = rest + list(axes)
+    xt = np.transpose(x, perm)
+    lead = xt.shape[:len(rest)]
+    rows = int(np.prod(lead, dtype=np.int64))
+    K = int(np.prod(xt.shape[len(rest):], dtype=np.int64))
+    r = fn(xt.reshape(rows, K))
+    if reduce:
+        return r.reshape(lead)
+    return np.transpose(r.reshape(xt.shape), np.argsort(perm))
+
+
+# ---------------------------------------------------------------- type rules
+def _check_reg(attrs, name):
+    reg = attrs.get("reg")
+    if reg not in REGS:
+        raise TypeRuleError(f"{name}: reg must be one of {', '.join(repr(r) for r in REGS)}, "
+                            f"got {reg!r}")
+    return reg
+
+
+def _need_gamma(t, name, i):
+    need_scalar(t, name, i, ("i64", "f32", "f64"), what="a positive float temperature")
+
+
+def _map_infer(name, with_gamma=False, with_reg=False, dtype=None):
+    """x -> same shape (softmax, sparsemax, sargmax, onehot)."""
+    def infer(types, attrs):
+        numeric(types[:1], name)
+        x = types[0]
+        if with_gamma:
+            _need_gamma(types[1], name, 1)
+        if with_reg:
+            _check_reg(attrs, name)
+        norm_axes(attrs.get("axis"), x.ndim, name)
+        dt = dtype or T.float_of(promote_all([t.dtype for t in types]))
+        return T.make(dt, x.shape)
+    return infer
+
+
+def _reduce_infer(name):
+    """smax/smin: (x, gamma) -> x with axis reduced."""
+    def infer(types, attrs):
+        numeric(types[:1], name)
+        x = types[0]
+        _need_gamma(types[1], name, 1)
+        _check_reg(attrs, name)
+        axes = norm_axes(attrs.get("axis"), x.ndim, name)
+        return T.make(T.float_of(T.promote(x.dtype, types[1].dtype)), reduced_shape(x.shape, axes))
+    return infer
+
+
+def _floats(*vals):
+    """The values as arrays of their promoted float dtype; that dtype."""
+    dt = T.float_of(promote_all([dtype_of(v) for v in vals]))
+    npdt = T.NP_DTYPES[dt]
+    return [np.asarray(v, dtype=npdt) for v in vals], dt
+
+
+def _gamma(g, name):
+    g = g[()] if isinstance(g, np.ndarray) else g
+    if not g > 0:
+        raise ValueError(f"{name}: gamma must be positive, got {g}")
+    return g
+
+
+# ---------------------------------------------------------------- softmax / sparsemax
+def _softmax(x, axis=-1):
+    (x,), dt = _floats(x)
+    return out(along(x, axis, softmax_rows, False), dt)
+
+
+def _sparsemax(x, axis=-1):
+    (x,), dt = _floats(x)
+    return out(along(x, axis, sparsemax_rows, False), dt)
+
+
+defprim("softmax", operands=("x",), attrs={"axis": -1}, infer=_map_infer("softmax"),
+        impl=_softmax, group="soft",
+        doc="exp(x) / sum(exp(x)) along the last axis (max-shifted; -inf entries weigh 0)")
+defprim("sparsemax", operands=("x",), attrs={"axis": -1}, infer=_map_infer("sparsemax"),
+        impl=_sparsemax, group="soft",
+        doc="Euclidean projection of x onto the simplex along the last axis "
+            "(Martins & Astudillo 2016; -inf entries weigh 0)")
+
+
+# ---------------------------------------------------------------- smax / smin
+def _smax(x, gamma, reg="entropy", axis=-1):
+    (x, g), dt = _floats(x, gamma)
+    g = _gamma(g, "smax")
+    return out(along(x, axis, lambda z: smax_rows(z, g, reg), True), dt)
+
+
+def _smin(x, gamma, reg="entropy", axis=-1):
+    (x, g), dt = _floats(x, gamma)
+    g = _gamma(g, "smin")
+    return out(-along(-x, axis, lambda z: smax_rows(z, g, reg), True), dt)
+
+
+defprim("smax", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
+        infer=_reduce_infer("smax"), impl=_smax, group="soft",
+        doc="regularised max over the last axis: max over q in the simplex of "
+            "<q, x> - gamma * Omega(q); reg 'entropy' (gamma * logsumexp(x / gamma)) or 'l2'")
+defprim("smin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
+        infer=_reduce_infer("smin"), impl=_smin, group="soft",
+        doc="regularised min over the last axis: -smax(-x, gamma)")
+
+
+# ---------------------------------------------------------------- sargmax / sargmin
+def _sargmax(x, gamma, reg="entropy", axis=-1):
+    (x, g), dt = _floats(x, gamma)
+    g = _gamma(g, "sargmax")
+    return out(along(x, axis, lambda z: sargmax_rows(z, g, reg), False), dt)
+
+
+def _sargmin(x, gamma, reg="entropy", axis=-1):
+    (x, g), dt = _floats(x, gamma)
+    g = _gamma(g, "sargmin")
+    return out(along(-x, axis, lambda z: sargmax_rows(z, g, reg), False), dt)
+
+
+defprim("sargmax", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
+        infer=_map_infer("sargmax", with_gamma=True, with_reg=True), impl=_sargmax,
+        group="soft",
+        doc="the maximiser of smax: softmax(x / gamma) (entropy) or sparsemax(x / gamma) (l2)")
+defprim("sargmin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
+        infer=_map_infer("sargmin", with_gamma=True, with_reg=True), impl=_sargmin,
+        group="soft", doc="the minimiser of smin: sargmax(-x, gamma)")
+
+
+# ---------------------------------------------------------------- one-hot
+def _onehot_argmax(x, axis=-1):
+    return out(along(np.asarray(x), axis, onehot_rows, False), "f64")
+
+
+def _onehot_argmin(x, axis=-1):
+    return out(along(np.asarray(x), axis, lambda z: onehot_rows(z, np.argmin), False), "f64")
+
+
+defprim("onehot_argmax", operands=("x",), attrs={"axis": -1},
+        infer=_map_infer("onehot_argmax", dtype="f64"), impl=_onehot_argmax,
+        zero_derivative=True, smoothed="sargmax", group="soft",
+        doc="one-hot f64 vector of the first maximiser along the last axis")
+defprim("onehot_argmin", operands=("x",), attrs={"axis": -1},
+        infer=_map_infer("onehot_argmin", dtype="f64"), impl=_onehot_argmin,
+        zero_derivative=True, smoothed="sargmin", group="soft",
+        doc="one-hot f64 vector of the first minimiser along the last axis")
+
+
+# ---------------------------------------------------------------- smoothed scalar forms
+def _smaxn_infer(name):
+    def infer(types, attrs):
+        if len(types) < 2:
+            raise TypeRuleError(f"{name} needs gamma and at least one value")
+        _need_gamma(types[0], name, 0)
+        for i, t in enumerate(types[1:], 1):
+            need_scalar(t, name, i)
+        _check_reg(attrs, name)
+        return T.Scalar(T.float_of(promote_all([t.dtype for t in types])))
+    return infer
+
+
+def _smaxn(gamma, *xs, reg="entropy"):
+    (g, *xs), dt = _floats(gamma, *xs)
+    g = _gamma(g, "smaxn")
+    return out(smax_rows(np.array(xs).reshape(1, -1), g, reg)[0], dt)
+
+
+def _sminn(gamma, *xs, reg="entropy"):
+    (g, *xs), dt = _floats(gamma, *xs)
+    g = _gamma(g, "sminn")
+    return out(-smax_rows(-np.array(xs).reshape(1, -1), g, reg)[0], dt)
+
+
+defprim("smaxn", operands=("gamma", "*xs"), variadic=True, attrs={"reg": "entropy"},
+        infer=_smaxn_infer("smaxn"), impl=_smaxn, group="soft",
+        doc="smoothed max(a, b, ...) of scalars: smax of the vector of xs")
+defprim("sminn", operands=("gamma", "*xs"), variadic=True, attrs={"reg": "entropy"},
+        infer=_smaxn_infer("sminn"), impl=_sminn, group="soft",
+        doc="smoothed min(a, b, ...) of scalars: smin of the vector of xs")
+
+
+def _spair_infer(name):
+    def infer(types, attrs):
+        numeric(types[:2], name)
+        _need_gamma(types[2], name, 2)
+        _check_reg(attrs, name)
+        try:
+            shape = T.broadcast_shapes(types[0].shape, types[1].shape)
+        except T.BroadcastError as e:
+            raise TypeRuleError(f"{name}: {e}", kind="shape", arg=1)
+        return T.make(T.float_of(promote_all([t.dtype for t in types])), shape)
+    return infer
+
+
+def _spair(x, y, gamma, reg, sign, name):
+    (x, y, g), dt = _floats(x, y, gamma)
+    g = _gamma(g, name)
+    xb, yb = np.broadcast_arrays(sign * x, sign * y)
+    z = np.stack([xb, yb], axis=-1)
+    v = smax_rows(z.reshape(-1, 2), g, reg).reshape(xb.shape)
+    return out(sign * v, dt)
+
+
+def _smaximum(x, y, gamma, reg="entropy"):
+    return _spair(x, y, gamma, reg, 1, "smaximum")
+
+
+def _sminimum(x, y, gamma, reg="entropy"):
+    return _spair(x, y, gamma, reg, -1, "sminimum")
+
+
+defprim("smaximum", operands=("x", "y", "gamma"), attrs={"reg": "entropy"},
+        infer=_spair_infer("smaximum"), impl=_smaximum, group="soft",
+        doc="smoothed elementwise maximum(x, y): smax of each pair (broadcasting)")
+defprim("sminimum", operands=("x", "y", "gamma"), attrs={"reg": "entropy"},
+        infer=_spair_infer("sminimum"), impl=_sminimum, group="soft",
+        doc="smoothed elementwise minimum(x, y): smin of each pair (broadcasting)")
+
+
+# ---------------------------------------------------------------- hard -> smoothed
+for _hard, _soft in [("maxn", "smaxn"), ("minn", "sminn"), ("maximum", "smaximum"),
+                     ("minimum", "sminimum"), ("max", "smax"), ("min", "smin"),
+                     ("onehot_argmax", "sargmax"), ("onehot_argmin", "sargmin")]:
+    REGISTRY[_hard].smoothed = _soft
