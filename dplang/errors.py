@@ -28,6 +28,8 @@ class DPError(Exception):
     kind = "error"
 
     def __init__(self, message: str, loc: Loc | None = None, note: str | None = None):
+        if loc is not None and not isinstance(loc, Loc):
+            loc = getattr(loc, "loc", None)     # an AST node was passed: use its location
         self.message = message
         self.loc = loc
         self.note = note

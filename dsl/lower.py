@@ -247,6 +247,8 @@ class FunctionLowerer:
             self.ret_types = rt if isinstance(rt, list) else [rt]
             self.ret_fixed = True
             bound = {d for t in ptypes for d in dims_of(t)}
+            bound |= {T.Sym.name(p.name) for p, t in zip(fd.params, ptypes)
+                      if isinstance(t, T.Scalar) and t.dtype == "i64"}
             for t in self.ret_types:
                 for d in dims_of(t):
                     for nm, _ in d.terms:
@@ -263,6 +265,8 @@ class FunctionLowerer:
         env = Env()
         for i, (v, p) in enumerate(zip(body.args, fd.params)):
             env.bind(p.name, v)
+            if v.type == T.I64:
+                self.sym[v] = T.Sym.name(p.name)
             if isinstance(v.type, T.Array):
                 r = fresh_root()
                 self.alias.param_roots[r] = p.name
@@ -359,7 +363,11 @@ class FunctionLowerer:
                     if isinstance(e.flags[f], Value):
                         e.flags[f] = False      # on this branch no flag is set
                 self.lower_block(stmts, e)
-            self.build_if(cond, lambda e: None, run_rest, env, node)
+            def skip_rest(e: Env):
+                dyn = [f for f in FLAG_NAMES if isinstance(e.flags[f], Value)]
+                if len(dyn) == 1:
+                    e.flags[dyn[0]] = True      # the guard says this one is set
+            self.build_if(cond, skip_rest, run_rest, env, node)
 
     def lower_stmt(self, s: A.Stmt, env: Env) -> None:
         m = getattr(self, "stmt_" + type(s).__name__, None)

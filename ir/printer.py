@@ -24,7 +24,8 @@ Format (one op per line, deterministic):
   ``-inf``, ``nan``, ``3``, ``True``; an ``f32`` constant prints ``f32(0.5)``).  A
   ``const`` holding an array prints on its own line: ``C = const([1.0, 2.0])``.
 * Primitives print as calls, ``y = exp(x)``, ``s = sum(x, axis=1)`` (attrs as keywords,
-  strings double-quoted, attrs starting with ``_`` never printed).  Binary arithmetic,
+  strings double-quoted; attrs starting with ``_`` and attrs set to ``None`` are not
+  printed).  Binary arithmetic,
   comparisons and logic print infix: ``c = a + b``, ``c = a < b``, ``c = a and b``,
   ``C = A @ B``; unary ``y = -x``, ``y = not x``; a negative literal operand is
   parenthesised (``y = x - (-1)``).
@@ -50,6 +51,7 @@ Format (one op per line, deterministic):
       }
       t = call dtw(D)
       assert c, "message"
+      assert t, "size {1}, expected {2}", args=(k, n), kind="shape"
       x = undef f64[n]
       return t
 
@@ -234,7 +236,9 @@ def _fmt_attr(v: Any, name) -> str:
 
 
 def _fmt_kwargs(attrs: dict, name) -> list[str]:
-    return [f"{k}={_fmt_attr(v, name)}" for k, v in public_attrs(attrs).items()]
+    """``key=value`` for the public attrs; a ``None`` attr means "absent" and is omitted."""
+    return [f"{k}={_fmt_attr(v, name)}" for k, v in public_attrs(attrs).items()
+            if v is not None]
 
 
 def format_index(index, idx_texts: list[str]) -> str | None:
@@ -351,9 +355,14 @@ class FuncPrinter:
             return f"{lhs}call {op.attrs.get('callee', '?')}({', '.join(args)})"
         if n in ("yield", "return"):
             return f"{n} {self.names(ops)}" if ops else n
-        if n == "assert" and len(ops) == 1:
+        if n == "assert" and len(ops) >= 1:
             msg = op.attrs.get("msg")
-            return f"assert {self.name(ops[0])}" + (f", {json.dumps(str(msg))}" if msg else "")
+            s = f"assert {self.name(ops[0])}" + (f", {json.dumps(str(msg))}" if msg else "")
+            if len(ops) > 1:
+                s += f", args=({self.names(ops[1:])}{',' if len(ops) == 2 else ''})"
+            rest = {k: v for k, v in op.attrs.items() if k != "msg"
+                    and not (k == "kind" and v == "assert")}
+            return ", ".join([s] + _fmt_kwargs(rest, self.name))
         if n == "undef" and len(op.results) == 1:
             return f"{lhs}undef {op.results[0].type}"
         pub = public_attrs(op.attrs)

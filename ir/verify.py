@@ -18,7 +18,8 @@ names the pass, the function and the op (printed as in the IR dump).  Checked:
 * ``if``: a ``bool`` condition, branches without args, both yielding the result types;
 * ``call``: the callee exists (when a program is given), argument and result types
   match its signature;
-* ``const`` (a value, no operands), ``assert`` (one bool operand, no results),
+* ``const`` (a value, no operands), ``assert`` (a bool condition, then any values for
+  its message; no results),
   ``undef`` (no operands, one result);
 * a primitive: its name is in ``REGISTRY``, its arity is right, and its result types
   equal ``REGISTRY[name].result_types(operand types, attrs)``;
@@ -165,8 +166,9 @@ class _Verifier:
 
     def op_assert(self, op: Op) -> None:
         self._nreg(op, 0)
-        if len(op.operands) != 1 or op.results:
-            self.fail("assert takes one operand and has no results", op)
+        if len(op.operands) < 1 or op.results:
+            self.fail("assert takes a condition (and values for its message) and has no "
+                      "results", op)
         self._types("assert condition", [op.operands[0].type], [T.BOOL], op)
 
     def op_yield(self, op: Op) -> None:

@@ -14,7 +14,7 @@ from dplang.ir import types as T
 from dplang.ir.analysis import (analyze_inplace, call_graph, callees_first, def_use_graph,
                                 inplace_setitems, loop_init_copies, uses, yield_copies)
 from dplang.ir.builder import Builder, new_region
-from dplang.ir.core import Func, Op, Program, Region, Value
+from dplang.ir.core import Func, Program
 from dplang.ir.dot import func_to_dot, program_to_dot
 from dplang.ir.printer import print_func, print_program
 from dplang.ir.verify import verify_func, verify_program
@@ -36,9 +36,9 @@ def make_func(name, param_types, param_names, result_types, returns_tuple=False)
     return f, Builder(body), body.args
 
 
-def for_loop(b, lo, hi, step, inits, hints, body_fn, line=None):
+def for_loop(b, lo, hi, step, inits, hints, body_fn, line=None, iv="i"):
     """``body_fn(i, *carried) -> list of yielded values``; returns the loop's results."""
-    body = new_region([I64] + [v.type for v in inits], hints=["i"] + list(hints))
+    body = new_region([I64] + [v.type for v in inits], hints=[iv] + list(hints))
     with b.at(body):
         ys = body_fn(body.args[0], *body.args[1:])
         b.yield_(*ys)
@@ -96,7 +96,7 @@ def build_dtw():
                 mn = b.prim("minn", a, c, e)
                 v = b.prim("add", d, mn)
                 return [b.prim("setitem", Ri, v, i, j, hint="R")]
-        return for_loop(b, one, m1, one, [Ro], ["R"], inner, line=5)
+        return for_loop(b, one, m1, one, [Ro], ["R"], inner, line=5, iv="j")
 
     (R4,) = for_loop(b, one, n1, one, [R1], ["R"], outer, line=4)
     with b.located(loc(7)):
@@ -197,6 +197,22 @@ def test_loop_init_copied_when_used_after_loop():
     assert run_func(None, f, [4]) == [0.0, 6.0]
 
 
+def test_interpreter_sees_ir_changed_after_a_run():
+    f, b, (n,) = make_func("g", [I64], ["n"], [F64])
+    A = b.prim("zeros", n, hint="A")
+    B = b.prim("setitem", A, b.const(1.0), b.const(0), hint="B")
+    sB = b.prim("sum", B)
+    ret = b.return_(sB)
+    assert run_func(None, f, [2]) == [1.0]
+    # a pass adds a read of A after the write: the write must now copy
+    f.body.ops.remove(ret)
+    r = b.prim("sub", sB, b.prim("getitem", A, b.const(0)))
+    f.body.append(ret)
+    ret.operands = [r]
+    verify_func(f)
+    assert run_func(None, f, [2]) == [1.0]
+
+
 def test_loop_init_not_copied_when_dead_after():
     f, b, (n,) = make_func("h", [I64], ["n"], [T.Array("f64", (None,))])
     A = b.prim("zeros", n, hint="A")
@@ -239,6 +255,20 @@ def test_loop_yielding_outer_array_is_copied():
     y = next(op for op in f.walk() if op.name == "yield")
     assert (y, 0) in yield_copies(f)
     assert run_func(None, f, [4]) == [0.0]
+
+
+def test_write_to_loop_result_that_passes_init_through():
+    # B = for (zero trips) carry (x = A) { yield x };  C = setitem(B, ...);  read A
+    f, b, (n,) = make_func("p", [I64], ["n"], [F64, F64], returns_tuple=True)
+    A = b.prim("zeros", n, hint="A")
+    (B,) = for_loop(b, b.const(0), b.const(0), b.const(1), [A], ["x"], lambda i, x: [x])
+    C = b.prim("setitem", B, b.const(4.0), b.const(0))
+    b.return_(b.prim("sum", C), b.prim("sum", A))
+    loop = next(op for op in f.body.ops if op.name == "for")
+    info = analyze_inplace(f)
+    assert next(op for op in f.walk() if op.name == "setitem") in info.inplace
+    assert info.init_copies == {(loop, 3)}
+    assert run_func(None, f, [3]) == [4.0, 0.0]
 
 
 def test_duplicate_carry_gets_own_buffer():
@@ -391,6 +421,22 @@ def test_assert_op():
     assert 'assert t, "x must be positive"' in print_func(f)
 
 
+def test_shape_assert_formats_its_operands():
+    from dplang.errors import DPShapeError
+    f, b, (A,) = make_func("sh", [T.Array("f64", (N,))], ["A"], [F64])
+    k = b.prim("dim", A, axis=0, hint="k")
+    ok = b.prim("eq", k, b.const(3))
+    b.op("assert", [ok, k], [], {"msg": "axis 0 has size {1}, expected 3", "kind": "shape"},
+         loc=loc(4, "s.dp"))
+    b.return_(b.prim("sum", A))
+    verify_func(f)
+    assert 'assert t, "axis 0 has size {1}, expected 3", args=(k,), kind="shape"' \
+        in print_func(f)
+    assert run_func(None, f, [np.ones(3)]) == [3.0]
+    with pytest.raises(DPShapeError, match="axis 0 has size 2, expected 3"):
+        run_func(None, f, [np.ones(2)])
+
+
 def test_float_errors_are_ieee():
     f, b, (x,) = make_func("r", [F64], ["x"], [F64])
     b.return_(b.prim("div", b.const(1.0), x))
@@ -404,7 +450,7 @@ func dtw(D: f64[n, m]) -> f64 {
   m = dim(D, axis=1)                                   # dtw.dp:2
   n_1 = n + 1                                          # dtw.dp:2
   m_1 = m + 1                                          # dtw.dp:2
-  R = full(inf, n_1, m_1, dtype=None)                  # dtw.dp:2
+  R = full(inf, n_1, m_1)                              # dtw.dp:2
   R_1 = setitem(R, [0, 0], 0.0)                        # dtw.dp:3
   R_6 = for i in range(1, n_1, 1) carry (R_2 = R_1) {  # dtw.dp:4
     R_5 = for j in range(1, m_1, 1) carry (R_3 = R_2) {  # dtw.dp:5
@@ -417,7 +463,7 @@ func dtw(D: f64[n, m]) -> f64 {
       t_4 = minn(t_1, t_2, t_3)                        # dtw.dp:6
       t_5 = t + t_4                                    # dtw.dp:6
       R_4 = setitem(R_3, [i, j], t_5)                  # dtw.dp:6
-      yield R_4                                        # dtw.dp:6
+      yield R_4
     }
     yield R_5
   }

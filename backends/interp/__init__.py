@@ -17,18 +17,18 @@ Semantics (the executable definition of the IR's meaning):
   the value semantics hold exactly as compiled code would realise them;
 * ``for`` runs over ``range(lo, hi, step)`` (any non-zero step, negative too); ``while``
   evaluates its cond region before each trip; ``if`` runs one branch; ``call`` runs the
-  callee by name; ``assert`` raises ``DPAssertionError(msg)`` at the op's location;
+  callee by name; a failed ``assert`` raises ``DPAssertionError`` (``DPShapeError`` for
+  ``kind="shape"``) at the op's location, its ``msg`` formatted with the operands'
+  values (``{1}`` is the first operand after the condition);
 * any other failure while running an op (an index out of range, a singular matrix, ...)
   becomes a ``DPRuntimeError`` located at that op.  Floating-point exceptions are
   ignored (IEEE results, as compiled code gives).
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
-from dplang.errors import DPAssertionError, DPError, DPRuntimeError
+from dplang.errors import DPAssertionError, DPError, DPRuntimeError, DPShapeError
 from dplang.ir import types as T
 from dplang.ir.analysis import analyze_inplace
 from dplang.ir.core import Func, Op, Program, Region
@@ -73,14 +73,10 @@ class _Plan:
     """What the interpreter precomputes once per function."""
 
     def __init__(self, func: Func):
-        self.func = func
         a = analyze_inplace(func)
         self.inplace = a.inplace
         self.init_copies = a.init_copies
         self.yield_copies = a.yield_copies
-        self.attrs: dict[Op, dict] = {}
-        for op in func.walk():
-            self.attrs[op] = {k: v for k, v in op.attrs.items() if not str(k).startswith("_")}
         self.signature = _signature(func)
 
 
@@ -89,28 +85,21 @@ def _signature(func: Func):
                  for op in func.walk())
 
 
-# id(func) -> (weakref to func, plan); validated by the structure signature once per run
-_PLANS: dict[int, tuple] = {}
+_PLAN_ATTR = "_interp_plan"
 
 
 def _plan_for(func: Func, run_cache: dict) -> _Plan:
+    """The plan of ``func``: kept on the function object itself (so it lives exactly as
+    long as the function), revalidated against the function's structure once per run."""
     p = run_cache.get(id(func))
     if p is not None:
         return p
-    entry = _PLANS.get(id(func))
-    if entry is not None:
-        ref, plan = entry
-        if ref() is not func or plan.signature != _signature(func):
-            plan = None
-    else:
-        plan = None
-    if plan is None:
+    plan = getattr(func, _PLAN_ATTR, None)
+    if plan is None or plan.signature != _signature(func):
         plan = _Plan(func)
         try:
-            key = id(func)
-            ref = weakref.ref(func, lambda _r, key=key: _PLANS.pop(key, None))
-            _PLANS[key] = (ref, plan)
-        except TypeError:
+            object.__setattr__(func, _PLAN_ATTR, plan)
+        except (AttributeError, TypeError):
             pass
     run_cache[id(func)] = plan
     return plan
@@ -173,13 +162,13 @@ class _Run:
         if op.name == "setitem" and op in plan.inplace:
             x = vals[0]
             if isinstance(x, np.ndarray) and x.flags.writeable:
-                x[build_index(vals[2:], plan.attrs[op].get("index"))] = vals[1]
+                x[build_index(vals[2:], op.attrs.get("index"))] = vals[1]
                 env[op.results[0]] = x
                 return
         prim = REGISTRY.get(op.name)
         if prim is None:
             raise DPRuntimeError(f"unknown op {op.name!r}", op.loc)
-        out = prim.impl(*vals, **plan.attrs[op])
+        out = prim.impl(*vals, **_public(op.attrs))
         results = op.results
         if len(results) == 1:
             out = (out,)
@@ -194,6 +183,13 @@ class _Run:
                         v = v.copy()
                         break
             env[r] = v
+
+
+def _public(attrs: dict) -> dict:
+    for k in attrs:
+        if k[:1] == "_":
+            return {k: v for k, v in attrs.items() if k[:1] != "_"}
+    return attrs
 
 
 def _describe(op: Op, e: Exception) -> str:
@@ -219,8 +215,17 @@ def _undef_op(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
 
 
 def _assert(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
-    if not bool(env[op.operands[0]]):
-        raise DPAssertionError(str(op.attrs.get("msg") or "assertion failed"), op.loc)
+    vals = [env[v] for v in op.operands]
+    if bool(vals[0]):
+        return
+    msg = str(op.attrs.get("msg") or "assertion failed")
+    if len(vals) > 1:
+        try:
+            msg = msg.format(*[v.item() if isinstance(v, np.generic) else v for v in vals])
+        except (IndexError, KeyError, ValueError):
+            pass
+    cls = DPShapeError if op.attrs.get("kind") == "shape" else DPAssertionError
+    raise cls(msg, op.loc)
 
 
 def _inits(op: Op, start: int, env: dict, plan: _Plan) -> list:
