@@ -452,14 +452,16 @@ def lower_transform(lw, name, e: A.Call, env):
     f = lw.expr(e.args[0], env)
     if not isinstance(f, FuncRef) or f.key.startswith("builtin:"):
         raise DPTypeError(f"{name}() needs a function defined in the program", e.args[0])
-    wrt = 0
+    wrt, wrt_node = 0, e
     for kw in e.keywords:
         if kw.name != "wrt":
             raise DPTypeError(f"{name}() has no option '{kw.name}' (only wrt=)", kw.loc)
-        wrt = lw.static(kw.value, env)
+        wrt, wrt_node = lw.static(kw.value, env), kw.value
     base = lw.ctx.signature(FuncRef(f.key, f.name, f.transforms), None, e)
-    idx = resolve_wrt(wrt, base.param_names, base.param_types, e, name)
-    return FuncRef(f.key, f"{name}({f.name})", f.transforms + ((name, idx),))
+    idx = resolve_wrt(wrt, base.param_names, base.param_types, wrt_node, name)
+    out = FuncRef(f.key, f"{name}({f.name})", f.transforms + ((name, idx),))
+    transformed_signature(base, FuncRef(f.key, f.name, ((name, idx),)), e.args[0])  # located check
+    return out
 
 
 def resolve_wrt(wrt, pnames, ptypes, node, what="grad"):

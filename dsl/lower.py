@@ -1315,7 +1315,7 @@ class FunctionLowerer:
             items = items[0].elts
         if len(items) > arr.type.ndim:
             self.err(DPShapeError, f"too many indices: {len(items)} for an array of rank "
-                                   f"{arr.type.ndim} ({arr.type})", e)
+                                   f"{arr.type.ndim} ({arr.type})", items[arr.type.ndim])
         spec, idx, shape = [], [], []
         known = True
         for ax, it in enumerate(items):

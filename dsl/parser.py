@@ -15,9 +15,10 @@ source of one ``@dplang.jit`` function).
 from __future__ import annotations
 
 import ast as pyast
-import os
 import bisect
+import os
 import re
+import threading
 from typing import Optional
 
 from lark import Lark, Token, Transformer, v_args
@@ -111,6 +112,7 @@ class _DPIndenter(Indenter):
 
 
 _PARSER: Optional[Lark] = None
+_LOCK = threading.Lock()   # the post-lexer keeps per-parse state
 
 
 def _lark() -> Lark:
@@ -121,6 +123,11 @@ def _lark() -> Lark:
         _PARSER = Lark(grammar, parser="lalr", lexer="contextual", postlex=_DPIndenter(),
                        start="file_input", propagate_positions=True, maybe_placeholders=False)
     return _PARSER
+
+
+def _lark_parse(text: str):
+    with _LOCK:
+        return _lark().parse(text + "\n")
 
 
 # --------------------------------------------------------------------- locations
@@ -882,7 +889,7 @@ def _syntax_error(ctx: _Ctx, pyerr: SyntaxError) -> DPSyntaxError:
 
     lark_err: Optional[UnexpectedInput] = None
     try:
-        _lark().parse(ctx.text + "\n")
+        _lark_parse(ctx.text)
     except UnexpectedInput as e:
         lark_err = e
     except LarkError:
@@ -935,7 +942,7 @@ def _parse_items(ctx: _Ctx, mode: str) -> list:
         raise DPUnsupportedError(first[3], ctx.loc(first[0], first[1]))
 
     try:
-        lt = _lark().parse(text + "\n")
+        lt = _lark_parse(text)
     except UnexpectedInput as e:
         # Python accepted the text and it uses nothing unsupported: a gap in the grammar
         raise DPSyntaxError(_lark_message(e) + " (not in the dplang grammar)",

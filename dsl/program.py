@@ -352,7 +352,7 @@ def validate_decorators(fdef: A.FuncDef, func, ctx: ModuleCtx, loader: Loader) -
             out["implicit"] = _implicit_decorator(name, d, args, kws, func, ctx, loader)
         else:
             raise DPTypeError(f"unknown decorator '@{name or '?'}' (dplang has @smooth, @argmin, "
-                              f"@root, @fixed_point)", d.loc)
+                              f"@root, @fixed_point)", fn.loc if fn is not None else d.loc)
         if name in out.get("_seen", ()):
             raise DPTypeError(f"@{name} given twice", d.loc)
         out.setdefault("_seen", []).append(name)

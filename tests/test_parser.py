@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast as pyast
 import dataclasses
-import time
 
 import pytest
 
@@ -345,7 +344,8 @@ def test_number_literals(src, expected):
 
 @pytest.mark.parametrize("src,expected", [
     ("'a'", "a"), ('"b"', "b"), ("'''c\nd'''", "c\nd"), ('"""e"""', "e"), ("r'\\n'", "\\n"),
-    ("'x' 'y'", "xy"), ("'it\\'s'", "it's"),
+    ("'x' 'y'", "xy"), ("'it\\'s'", "it's"), ("''", ""), ('""', ""), ("'a\\\\'", "a\\"),
+    ("'a\\\nb'", "ab"), ("('x'\n 'y')", "xy"),
 ])
 def test_string_literals(src, expected):
     e = expr_of(src)
@@ -613,9 +613,7 @@ def test_errors_never_leak_other_exceptions():
             assert str(e).startswith("j.dp:")
 
 
-def test_parser_is_fast():
-    parse_module(MODULE, "all.dp")          # build the cached parser
-    t = time.perf_counter()
-    for _ in range(10):
-        parse_module(MODULE, "all.dp")
-    assert (time.perf_counter() - t) / 10 < 0.5
+def test_parser_is_built_once():
+    from dplang.dsl import parser
+    parse_module("K = 1\n", "a.dp")
+    assert parser._lark() is parser._lark()
