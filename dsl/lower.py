@@ -409,6 +409,8 @@ class FunctionLowerer:
         val = self.expr(s.value, env)
         if isinstance(val, (FuncRef, ModRef)):
             self.err(DPTypeError, "functions and modules cannot be assigned to names", s.value)
+        if isinstance(val, StrVal):
+            self.as_value(val, s.value)     # a string is not a value (SPEC 1.1)
         for tgt in s.targets:
             self.assign(tgt, val, env)
 
@@ -1443,7 +1445,7 @@ class FunctionLowerer:
                 if kw.name not in pnames:
                     self.err(DPTypeError, f"{fref.name}() has no parameter '{kw.name}'", kw)
                 k = pnames.index(kw.name)
-                if k < len(args):
+                if k < len(args) or kw.name in [q.name for q in e.keywords[:e.keywords.index(kw)]]:
                     self.err(DPTypeError, f"{fref.name}() got parameter '{kw.name}' twice", kw)
             by_name = {kw.name: self.value(kw.value, env) for kw in e.keywords}
             for k in range(len(args), len(pnames)):

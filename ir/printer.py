@@ -158,9 +158,17 @@ class Namer:
     def define(self, v: Value) -> str:
         if v in self.names:
             return self.names[v]
-        base = v.hint or "t"
-        base = _SUFFIX.sub("", base) or base
-        base = _BAD.sub("_", base) or "t"
+        if not v.hint:
+            # temporaries are %1, %2, ...: never confused with a source name
+            k = 1
+            while f"%{k}" in self.used:
+                k += 1
+            name = f"%{k}"
+            self.used.add(name)
+            self.names[v] = name
+            return name
+        base = _SUFFIX.sub("", v.hint) or v.hint
+        base = _BAD.sub("_", base) or "v"
         if base[0].isdigit():
             base = "v" + base
         name = base
