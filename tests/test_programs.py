@@ -158,3 +158,15 @@ def test_example_mlp():
     assert m.loss(W1, b1, W2, b2, X, Y) == pytest.approx(ref, rel=1e-13)
     assert m.loss_batched(W1, b1, W2, b2, X, Y) == pytest.approx(ref, rel=1e-13)
     np.testing.assert_allclose(m.mlp(W1, b1, W2, b2, X[0]), R[0] + Y[0], rtol=1e-13)
+
+
+def test_verifier_accepts_every_lowered_program():
+    from dplang.dsl.program import load_program
+    from dplang.ir.verify import verify_program
+    paths = [os.path.join(HERE, "programs", "control.dp"),
+             os.path.join(HERE, "programs", "uses_import.dp")] + \
+        [os.path.join(EXAMPLES, f) for f in sorted(os.listdir(EXAMPLES)) if f.endswith(".dp")]
+    for p in paths:
+        with open(p) as fh:
+            prog = load_program(fh.read(), p)
+        verify_program(prog, pass_name="lower")
