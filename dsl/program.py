@@ -110,6 +110,7 @@ class Loader:
 
     def _register(self, ctx: ModuleCtx) -> None:
         mod = ctx.mod
+        ctx.registering = True              # an import of this module now is a cycle
         # imports first
         for imp in mod.imports:
             other = self.import_module(imp, ctx)
@@ -135,6 +136,7 @@ class Loader:
             if c.name in ctx.funcs:
                 raise DPTypeError(f"'{c.name}' is both a constant and a function", c.loc)
             ctx.consts[c.name] = self.eval_const(c.value, ctx)
+        ctx.registering = False
         self.check_call_graph()
 
     def import_module(self, imp: A.ImportFrom, ctx: ModuleCtx) -> ModuleCtx:
@@ -150,6 +152,9 @@ class Loader:
             prefix = imp.module + "."
             key = os.path.abspath(path)
         if key in self.modules:
+            if getattr(self.modules[key], "registering", False):
+                raise DPTypeError(f"circular import of module '{imp.module}': imports must not "
+                                  f"form a cycle (and functions may not recurse)", imp.loc)
             return self.modules[key]
         if not os.path.isfile(path):
             raise DPNameError(f"cannot find module '{imp.module}' (looked for {path})", imp.loc)
