@@ -7,6 +7,6 @@
 from dplang.errors import (DPError, DPSyntaxError, DPUnsupportedError, DPTypeError,  # noqa: F401
                            DPNameError, DPShapeError, DPConvergenceError, DPRuntimeError,
                            DPAssertionError, DPInternalError)
-from dplang.api import load, compile, Module, Function  # noqa: F401
+from dplang.api import load, compile, jvp, Module, Function  # noqa: F401
 
 __version__ = "0.1.0"

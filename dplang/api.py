@@ -223,3 +223,73 @@ def convert_results(func, results):
     if func.returns_tuple:
         return tuple(conv)
     return conv[0]
+
+
+# ----------------------------------------------------------------- transformations
+class Derived(Function):
+    """A function derived from a compiled one by a transformation (``dp.jvp``)."""
+
+    def __init__(self, module: Module, program, key: str, name: str, structure):
+        self.module = module
+        self.program = program
+        self.key = key
+        self.__name__ = name
+        self.func = program.funcs[key]
+        self.structure = structure          # how flat results are grouped for the caller
+
+    def __call__(self, *args, **kwargs):
+        args = bind_args(self.func, args, kwargs)
+        vals = convert_args(self.func, args)
+        backend = self.module._backend
+        if backend == "interp":
+            from dplang.backends.interp import run_func
+            res = run_func(self.program, self.key, vals)
+        else:
+            import importlib
+            res = importlib.import_module(f"dplang.backends.{backend}").run_func(
+                self.program, self.key, vals)
+        flat = list(_flat_results(self.func, res))
+        return self.structure(flat)
+
+    def ir(self, stage: str = "ad") -> str:
+        from dplang.ir.printer import print_func
+        return print_func(self.func)
+
+    def dot(self, stage: str = "ad") -> str:
+        from dplang.ir.dot import func_to_dot
+        return func_to_dot(self.func)
+
+
+def _flat_results(func, results):
+    for r, t in zip(results, func.result_types):
+        if isinstance(t, T.Scalar):
+            r = np.asarray(r)[()]
+            yield {"f64": float, "f32": np.float32, "i64": int, "bool": bool}[t.dtype](r)
+        else:
+            yield np.asarray(r)
+
+
+def _wrt(f: Function, wrt, what):
+    from dplang.dsl.builtins import resolve_wrt
+    if not isinstance(f, Function):
+        raise TypeError(f"dp.{what} takes a compiled dplang function")
+    return resolve_wrt(wrt, f.func.param_names, [v.type for v in f.func.params],
+                       f.func.loc, what)
+
+
+def jvp(f: Function, wrt=0) -> Derived:
+    """Forward mode: ``jvp(f, wrt)(*primals, *tangents) -> (value, tangent_out)``; one
+    tangent per differentiated parameter."""
+    from dplang.passes.ad_forward import jvp_program
+    idx, _ = _wrt(f, wrt, "jvp")
+    base = getattr(f, "program", None) or f.module._stage_program("optimized")
+    prog, key = jvp_program(base, f.key, idx)
+    nres = len(f.func.result_types)
+    tuple_out = f.func.returns_tuple
+
+    def structure(flat):
+        vals, tans = flat[:nres], flat[nres:]
+        if tuple_out:
+            return tuple(vals), tuple(tans)
+        return vals[0], tans[0]
+    return Derived(f.module, prog, key, f"jvp({f.__name__})", structure)

@@ -306,5 +306,9 @@ def jvp_program(program: Program, key: str, active: tuple) -> tuple[Program, str
     ad = ForwardAD(prog)
     name = f"jvp_{key}_" + "_".join(map(str, active))
     if name not in prog.funcs:
+        from dplang.passes.simplify import simplify_func
         prog.funcs[name] = ad.jvp_func(program.funcs[key], active, name)
+        for k, f in list(prog.funcs.items()):
+            if k.startswith("jvp_") and k not in program.funcs:
+                simplify_func(f)
     return prog, name
