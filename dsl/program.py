@@ -292,7 +292,23 @@ class Loader:
             lw.returns_tuple = len(types) > 1
             lw.lower()
         lw.func.attrs = validate_decorators(f, lw.func, ctx, self)
+        if "smooth" in lw.func.attrs:
+            self.check_smoothable(lw.func, set())
         return lw
+
+    def check_smoothable(self, func, seen: set) -> None:
+        """Integer argmax/argmin cannot be smoothed (SPEC 2.2): a located error, in the
+        smoothed function or any function it calls."""
+        for op in func.walk():
+            if op.name in ("argmax", "argmin"):
+                raise DPTypeError(f"{op.name} returns an integer index, which cannot be "
+                                  f"smoothed under @smooth; use onehot_{op.name}(v), whose "
+                                  f"smoothed form is differentiable", op.loc)
+            if op.name == "call" and op.attrs["callee"] not in seen:
+                seen.add(op.attrs["callee"])
+                callee = self.program.funcs.get(op.attrs["callee"])
+                if callee is not None:
+                    self.check_smoothable(callee, seen)
 
 
 def _generalise(t):

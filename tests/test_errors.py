@@ -647,9 +647,6 @@ def test_cli_run_reports_runtime_errors(tmp_path, capsys):
     assert err.startswith(f"{p2}:1:18: argument 'y'") and "Traceback" not in err
 
 
-@pytest.mark.xfail(reason="@smooth is validated but not applied yet: integer argmax under "
-                          "@smooth should be a located error suggesting onehot_argmax "
-                          "(SPEC 2.2)", strict=False)
 def test_integer_argmax_under_smooth():
     source = src("""
         @smooth(entropy, gamma=g)
@@ -657,6 +654,6 @@ def test_integer_argmax_under_smooth():
             return x[argmax(x)]
         """)
     with pytest.raises(DPTypeError) as info:
-        dp.compile(source, filename="bad.dp").f(np.ones(3), 1.0)
+        dp.compile(source, filename="bad.dp")
     assert "onehot_argmax" in info.value.message
     assert (info.value.loc.line, info.value.loc.col) == (3, 14)
