@@ -170,3 +170,32 @@ def test_verifier_accepts_every_lowered_program():
         with open(p) as fh:
             prog = load_program(fh.read(), p)
         verify_program(prog, pass_name="lower")
+
+
+def test_every_statement_form():
+    m = dp.load(os.path.join(HERE, "programs", "statements.dp"), backend="interp")
+    v = rng.standard_normal(4)
+
+    def ref(v, k):
+        x = 1.0
+        w = v.copy()
+        a = b = 2.0
+        x += a
+        x -= 0.5
+        x *= b
+        x /= 4.0
+        w[0] = x
+        w[1:] += 1.0
+        w[-1] *= 2.0
+        if k > 0:
+            pass
+        elif k == 0:
+            x = -x
+        else:
+            x = 0.0
+        return x + 3.0, w
+    for k in (1, 0, -1):
+        s, w = m.forms(v, k)
+        rs, rw = ref(v, k)
+        assert s == rs
+        np.testing.assert_array_equal(w, rw)
