@@ -203,6 +203,19 @@ CASES["setitem"] = lambda: [
     case(A(3, dtype="i64"), i(9), i(0)),
     case(A(3, dtype="bool"), np.True_, i(2)),
 ]
+CASES["sum_to"] = lambda: [case(A(2, 3, 4), A(3, 1)), case(A(3, 4), A()), case(A(3, 4), A(4)),
+                           case(A(3, 4), A(3, 4)), case(A(3, 4, dtype="f32"), A(1, 4))]
+CASES["broadcast_to"] = lambda: [case(A(3, 1), A(2, 3, 4)), case(A(), A(3)),
+                                 case(A(3), A(2, 3, 4), axis=(0, 2)),
+                                 case(A(2, 4), A(2, 3, 4), axis=1),
+                                 case(A(3, dtype="i64"), A(2, 3))]
+CASES["reshape"] = lambda: [case(A(2, 3), i(3), i(2), _shape=(3, 2)), case(A(6), i(2), i(3)),
+                            case(A(1, 1), _shape=()), case(A(2, 3, dtype="i64"), i(6))]
+CASES["scatter_add"] = lambda: [
+    case(A(4, 5), f(1.0), i(1), i(2), index=("i", "i")),
+    case(A(4, 5), A(2, 1), i(1), i(3), index=(("slice", True, True, False),)),
+    case(A(6), A(3), i(-2), index=(("slice", False, False, True),), _shape=(3,)),
+    case(A(3, dtype="i64"), i(9), i(0))]
 CASES["dim"] = lambda: [case(A(3, 4)), case(A(3, 4), axis=1), case(A(3, 4, 2), axis=-1)]
 
 _soft_x = lambda: [A(5), A(3, 4), np.array([1.0, -inf, 2.0, -inf]), A(2, 3, 4)]  # noqa: E731

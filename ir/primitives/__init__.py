@@ -10,8 +10,14 @@ A declaration (``defprim``) holds everything about a primitive:
                 raising ``TypeRuleError`` for bad operands;
 * ``impl``      the NumPy reference semantics: ``impl(*values, **attrs)`` (the
                 interpreter runs exactly this);
-* ``jvp``/``vjp`` derivative rules written as IR-building code (filled in by the
-                differentiation issue), ``zero_derivative`` for ops like ``floor``;
+* ``jvp``/``vjp`` derivative rules written as IR-building code, installed next to the
+                declaration with ``rules(...)`` (``ir/primitives/rules.py``: the
+                interface the AD passes call and the helpers rules are written in);
+                ``zero_derivative`` for ops like ``floor`` (outputs are constants);
+                every primitive has one or the other;
+* ``linear``    linear in its float operands (indices, sizes, conditions and the
+                shape-only ``like`` operands held fixed): its rules never read the float
+                primal values;
 * ``smoothed``  the name of the smoothed counterpart (``maxn`` -> ``smaxn``), if any;
 * ``templates`` code templates per backend (``{"cpu": "np.exp({x})"}``).
 

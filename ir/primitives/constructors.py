@@ -12,6 +12,7 @@ import numpy as np
 from dplang.ir import types as T
 from dplang.ir.primitives import TypeRuleError, defprim
 from dplang.ir.primitives.reductions import dtype_of, need_scalar, numeric, promote_all
+from dplang.ir.primitives.rules import array, dense, full, full_like, linspace, rules
 
 
 def result_shape(attrs, default, name):
@@ -79,6 +80,8 @@ defprim("full", operands=("fill", "*dims"), variadic=True, attrs={"dtype": None}
         infer=_full_infer, impl=_full, linear=True, group="constructor",
         doc="full(fill, d0, d1, ...): a new array filled with fill (dtype: fill's unless "
             "given); linear in fill")
+rules("full", jvp=lambda dfill, dims, attrs: full(dfill, *dims, **attrs),
+              vjp=lambda g: {"fill": g.sum()})
 
 
 def _eye_infer(types, attrs):
@@ -109,7 +112,7 @@ def _arange(start, stop, step):
 
 
 defprim("arange", operands=("start", "stop", "step"), infer=_arange_infer, impl=_arange,
-        group="constructor",
+        zero_derivative=True, group="constructor",
         doc="start, start + step, ... up to stop excluded (NumPy arange); i64 when all "
             "operands are integers")
 
@@ -128,6 +131,17 @@ def _linspace(start, stop, num):
 defprim("linspace", operands=("start", "stop", "num"), infer=_linspace_infer, impl=_linspace,
         linear=True, group="constructor",
         doc="num evenly spaced f64 values from start to stop included; linear in (start, stop)")
+
+
+def _linspace_vjp(num, g, attrs):
+    t = linspace(0.0, 1.0, num, **attrs)        # the weight of stop; start's is 1 - t
+    return (g * (1 - t)).sum(), (g * t).sum(), None
+
+
+rules("linspace",
+      jvp=lambda start, stop, num, dstart, dstop, attrs:
+          linspace(dense(dstart, start), dense(dstop, stop), num, **attrs),
+      vjp=_linspace_vjp)
 
 
 def _like_infer(name):
@@ -167,10 +181,14 @@ def _full_like_infer(types, attrs):
 defprim("full_like", operands=("x", "fill"), infer=_full_like_infer,
         impl=lambda x, fill: np.full_like(np.asarray(x), fill)[()], linear=True,
         group="constructor", doc="x's type and shape filled with fill; linear in fill")
+rules("full_like", jvp=lambda x, dfill: full_like(x, dfill),
+                   vjp=lambda g: (None, g.sum()))
 
 defprim("copy", operands=("x",), infer=_like_infer("copy"),
         impl=lambda x: np.array(x, copy=True)[()], linear=True, group="constructor",
         doc="a writable copy of x")
+rules("copy", jvp=lambda dx: dx,
+              vjp=lambda g: g)
 
 
 def _array_infer(types, attrs):
@@ -206,3 +224,6 @@ defprim("array", operands=("*elems",), variadic=True, infer=_array_infer, impl=_
         linear=True, group="constructor",
         doc="array(a, b, ...): scalars -> a 1-D array; arrays of one shape -> stacked along "
             "a new axis 0 (np.array of a list); dtype promoted")
+rules("array", jvp=lambda elems, delems, z: array(*[dense(d, e, z.dtype)
+                                                    for d, e in zip(delems, elems)]),
+               vjp=lambda elems, g: [g[k] for k in range(len(elems))])

@@ -18,8 +18,10 @@ import numpy as np
 
 from dplang.ir import types as T
 from dplang.ir.primitives import TypeRuleError, defprim
-from dplang.ir.primitives.constructors import check_write
+from dplang.ir.primitives.constructors import check_write, result_shape
 from dplang.ir.primitives.reductions import dtype_of, need_scalar, norm_axes, numeric
+from dplang.ir.primitives.rules import (dense, getitem, reshape, reshape_like, rules,
+                                        scatter_add, setitem, zeros_like)
 
 _INT = ("i64",)
 
@@ -114,24 +116,33 @@ def _getitem(x, *idx, index=None):
 defprim("getitem", operands=("x", "*idx"), variadic=True, attrs={"index": None},
         infer=_getitem_infer, impl=_getitem, linear=True, group="indexing",
         doc="x[i, lo:hi:step, ...] (NumPy basic indexing; slices are copies); linear in x")
+# basic indexing reads every entry at most once, so the cotangent is added into zeros
+rules("getitem", jvp=lambda dx, idx, attrs: getitem(dx, *idx, **attrs),
+                 vjp=lambda x, idx, g, attrs: {"x": scatter_add(zeros_like(x), g, *idx, **attrs)})
 
 
-def _setitem_infer(types, attrs):
-    if len(types) < 2:
-        raise TypeRuleError("setitem needs an array and a value")
-    x, v = types[0], types[1]
-    region = _selected("setitem", x, types[2:], attrs, 2)
-    numeric([v], "setitem", start=1)
-    if v.ndim > len(region):
-        raise TypeRuleError(f"setitem: cannot write a value of shape {T.fmt_shape(v.shape)} into "
-                            f"a region of shape {T.fmt_shape(region)}", kind="shape", arg=1)
-    for dv, dr in zip(reversed(v.shape), reversed(region)):
-        if dv != 1 and T.dims_conflict(dv, dr):
-            raise TypeRuleError(f"setitem: cannot write a value of shape {T.fmt_shape(v.shape)} "
+def _write_infer(name):
+    def infer(types, attrs):
+        if len(types) < 2:
+            raise TypeRuleError(f"{name} needs an array and a value")
+        x, v = types[0], types[1]
+        region = _selected(name, x, types[2:], attrs, 2)
+        numeric([v], name, start=1)
+        if v.ndim > len(region):
+            raise TypeRuleError(f"{name}: cannot write a value of shape {T.fmt_shape(v.shape)} "
                                 f"into a region of shape {T.fmt_shape(region)}", kind="shape",
                                 arg=1)
-    check_write(v.dtype, x.dtype, "setitem", 1)
-    return x
+        for dv, dr in zip(reversed(v.shape), reversed(region)):
+            if dv != 1 and T.dims_conflict(dv, dr):
+                raise TypeRuleError(f"{name}: cannot write a value of shape "
+                                    f"{T.fmt_shape(v.shape)} into a region of shape "
+                                    f"{T.fmt_shape(region)}", kind="shape", arg=1)
+        check_write(v.dtype, x.dtype, name, 1)
+        return x
+    return infer
+
+
+_setitem_infer = _write_infer("setitem")
 
 
 def _setitem(x, v, *idx, index=None):
@@ -145,6 +156,53 @@ defprim("setitem", operands=("x", "v", "*idx"), variadic=True, attrs={"index": N
         infer=_setitem_infer, impl=_setitem, linear=True, group="indexing",
         doc="a copy of x with x[idx] = v (v broadcast to the region and cast to x's dtype); "
             "linear in (x, v)")
+rules("setitem",
+      jvp=lambda x, idx, dx, dv, attrs: setitem(dense(dx, x), dv, *idx, **attrs),
+      vjp=lambda idx, g, attrs: {"x": setitem(g, 0, *idx, **attrs),
+                                 "v": getitem(g, *idx, **attrs)})     # summed to v's shape
+
+
+def _scatter_add(x, v, *idx, index=None):
+    x = np.array(x, copy=True)
+    check_write(dtype_of(v), dtype_of(x), "scatter_add", 1)
+    x[build_index(idx, index)] += v
+    return x
+
+
+defprim("scatter_add", operands=("x", "v", "*idx"), variadic=True, attrs={"index": None},
+        infer=_write_infer("scatter_add"), impl=_scatter_add, linear=True, group="indexing",
+        doc="a copy of x with x[idx] += v (the index attr as setitem's; basic indexing "
+            "selects each entry once); the transpose of getitem; linear in (x, v)")
+rules("scatter_add",
+      jvp=lambda x, idx, dx, dv, attrs: scatter_add(dense(dx, x), dv, *idx, **attrs),
+      vjp=lambda idx, g, attrs: {"x": g, "v": getitem(g, *idx, **attrs)})
+
+
+def _reshape_infer(types, attrs):
+    if not types:
+        raise TypeRuleError("reshape needs an array")
+    numeric(types[:1], "reshape")
+    for i, t in enumerate(types[1:], 1):
+        need_scalar(t, "reshape", i, _INT, what="an i64 size")
+    shape = result_shape(attrs, (None,) * (len(types) - 1), "reshape")
+    x = types[0]
+    known = [d for d in x.shape if isinstance(d, int)] + [d for d in shape if isinstance(d, int)]
+    if len(known) == x.ndim + len(shape) and \
+            int(np.prod(x.shape, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
+        raise TypeRuleError(f"reshape: cannot reshape {x} to {T.fmt_shape(shape)}", kind="shape")
+    return T.make(x.dtype, shape)
+
+
+def _reshape(x, *dims):
+    return np.array(np.reshape(np.asarray(x), tuple(int(d) for d in dims)), copy=True)[()]
+
+
+defprim("reshape", operands=("x", "*dims"), variadic=True, infer=_reshape_infer, impl=_reshape,
+        linear=True, group="indexing",
+        doc="reshape(x, d0, d1, ...): x's entries (C order) in the given sizes (the _shape "
+            "hint gives the static result shape); linear in x")
+rules("reshape", jvp=lambda dx, dims, attrs: reshape(dx, *dims, shape=attrs.get("_shape")),
+                 vjp=lambda x, g: {"x": reshape_like(g, x)})
 
 
 def _dim_infer(types, attrs):

@@ -12,6 +12,9 @@ import numpy as np
 from dplang.ir import types as T
 from dplang.ir.primitives import TypeRuleError, defprim
 from dplang.ir.primitives.reductions import dtype_of, numeric, out
+from dplang.ir.primitives.rules import (diag, dims, dot, expand, eye_mask, outer, ravel,
+                                        reshape_like, rules, setitem, solve, trace, transpose,
+                                        where, zeros_like)
 
 
 def _pick(a, b):
@@ -61,6 +64,25 @@ defprim("matmul", operands=("a", "b"), infer=_matmul_infer, impl=_matmul, group=
             "broadcast); bilinear")
 
 
+def _matmul_vjp(a, b, g):
+    """The cotangents of a @ b; broadcast batch axes are summed back by the fitting."""
+    if a.ndim == 1 and b.ndim == 1:                 # inner product
+        return g * b, g * a
+    if a.ndim == 1:                                 # a (k,), b (..., k, m)
+        if b.ndim == 2:
+            return b @ g, outer(a, g)
+        return (b @ expand(g, -1)).sum(-1), expand(a, -1) @ expand(g, -2)
+    if b.ndim == 1:                                 # a (..., n, k), b (k,)
+        if a.ndim == 2:
+            return outer(g, b), a.T @ g
+        return expand(g, -1) @ expand(b, 0), (a.mT @ expand(g, -1)).sum(-1)
+    return g @ b.mT, a.mT @ g
+
+
+rules("matmul", jvp=lambda a, b, da, db: da @ b + a @ db,
+                vjp=_matmul_vjp)
+
+
 def _dot_infer(types, attrs):
     numeric(types, "dot", scalar_ok=False)
     a, b = types
@@ -78,6 +100,8 @@ def _dot(a, b):
 
 defprim("dot", operands=("a", "b"), infer=_dot_infer, impl=_dot, group="linalg",
         doc="np.dot for 1-D/2-D operands (inner product, matrix-vector, matrix product)")
+rules("dot", jvp=lambda a, b, da, db: dot(da, b) + dot(a, db),
+             vjp=_matmul_vjp)                       # dot is matmul on 1-D/2-D operands
 
 
 def _size(shape):
@@ -100,21 +124,45 @@ def _outer(a, b):
 
 defprim("outer", operands=("a", "b"), infer=_outer_infer, impl=_outer, group="linalg",
         doc="outer product a[i] * b[j] (operands flattened, as NumPy); bilinear")
+rules("outer", jvp=lambda a, b, da, db: outer(da, b) + outer(a, db),
+               vjp=lambda a, b, g: (reshape_like(g @ ravel(b), a),
+                                    reshape_like(g.T @ ravel(a), b)))
+
+
+def _perm(axes, ndim):
+    """``axes`` checked to be a permutation of the axes (negative entries allowed)."""
+    if not isinstance(axes, (tuple, list)) or len(axes) != ndim or \
+            any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes) or \
+            sorted(int(a) % ndim for a in axes if -ndim <= a < ndim) != list(range(ndim)):
+        raise TypeRuleError(f"transpose: axes must be a permutation of {ndim} axes, got {axes!r}",
+                            kind="shape")
+    return tuple(int(a) % ndim for a in axes)
 
 
 def _transpose_infer(types, attrs):
     numeric(types, "transpose")
     (x,) = types
-    return T.make(x.dtype, tuple(reversed(x.shape)))
+    axes = attrs.get("axes")
+    if axes is None:
+        return T.make(x.dtype, tuple(reversed(x.shape)))
+    return T.make(x.dtype, tuple(x.shape[a] for a in _perm(axes, x.ndim)))
 
 
-def _transpose(x):
+def _transpose(x, axes=None):
     x = np.asarray(x)
-    return np.array(x.T, copy=True)[()]
+    return np.array(np.transpose(x, axes), copy=True)[()]
 
 
-defprim("transpose", operands=("x",), infer=_transpose_infer, impl=_transpose, linear=True,
-        group="linalg", doc="x.T: axes reversed (a copy, arrays being values)")
+def _inverse(axes, ndim):
+    return None if axes is None else tuple(int(k) for k in np.argsort(_perm(axes, ndim)))
+
+
+defprim("transpose", operands=("x",), attrs={"axes": None}, infer=_transpose_infer,
+        impl=_transpose, linear=True, group="linalg",
+        doc="x.T: axes reversed, or permuted by the attr axes as np.transpose (a copy, arrays "
+            "being values)")
+rules("transpose", jvp=lambda dx, axes: transpose(dx, axes),
+                   vjp=lambda x, g, axes: transpose(g, _inverse(axes, x.ndim)))
 
 
 def _solve_infer(types, attrs):
@@ -146,6 +194,15 @@ defprim("solve", operands=("A", "b"), infer=_solve_infer, impl=_solve, group="li
         doc="x with A x = b; A square 2-D, b 1-D or 2-D (columns); float result")
 
 
+def _solve_vjp(A, z, g):
+    gb = solve(A.T, g)
+    return -(outer(gb, z) if z.ndim == 1 else gb @ z.T), gb
+
+
+rules("solve", jvp=lambda A, z, dA, db: solve(A, db - dA @ z),      # A dz = db - dA z
+               vjp=_solve_vjp)
+
+
 def _trace_infer(types, attrs):
     numeric(types, "trace")
     (x,) = types
@@ -162,6 +219,8 @@ def _trace(x):
 
 defprim("trace", operands=("x",), infer=_trace_infer, impl=_trace, linear=True,
         group="linalg", doc="sum of the diagonal of a 2-D array (bool gives i64)")
+rules("trace", jvp=lambda dx: trace(dx),
+               vjp=lambda x, g: where(eye_mask(x), g, 0))
 
 
 def _diag_infer(types, attrs):
@@ -188,3 +247,15 @@ def _diag(x):
 
 defprim("diag", operands=("x",), infer=_diag_infer, impl=_diag, linear=True, group="linalg",
         doc="1-D v -> the 2-D matrix with diagonal v; 2-D A -> its diagonal (a copy)")
+
+
+def _diag_vjp(x, g):
+    if x.ndim == 1 or (x.shape[0] == x.shape[1] and x.shape[0] is not None):
+        return diag(g)                              # square: the matrix with diagonal g
+    k = dims(g)[0]                                  # min(m, n): g into x[:k, :k]
+    head = ("slice", False, True, False)
+    return setitem(zeros_like(x), diag(g), k, k, index=(head, head), _shape=(g.shape[0],) * 2)
+
+
+rules("diag", jvp=lambda dx: diag(dx),
+              vjp=_diag_vjp)

@@ -35,6 +35,8 @@ from dplang.ir import types as T
 from dplang.ir.primitives import REGISTRY, TypeRuleError, defprim
 from dplang.ir.primitives.reductions import (dtype_of, need_scalar, norm_axes, numeric,
                                              out, promote_all, reduced_shape)
+from dplang.ir.primitives.rules import (ZERO, add_all, array, axes_of, finite, finite_or_zero,
+                                        rules, sargmax, sargmin, spread, where, xlogy0)
 
 REGS = ("entropy", "l2")
 
@@ -191,6 +193,46 @@ defprim("sparsemax", operands=("x",), attrs={"axis": -1}, infer=_map_infer("spar
             "(Martins & Astudillo 2016; -inf entries weigh 0)")
 
 
+# The Jacobians at the output q, applied to t along axes (both symmetric, so they serve
+# the JVP and the VJP): softmax J = diag(q) - q q^T; sparsemax, on the support S = {q > 0},
+# J = diag(s) - s s^T / |S|.  Entries of weight 0 (-inf inputs) do not mix in.
+def softmax_jac(q, t, axes):
+    return q * (t - spread((q * t).sum(axes), q, axes))
+
+
+def sparsemax_jac(q, t, axes):
+    s = (q > 0).astype(q.dtype)
+    return s * (t - spread((s * t).sum(axes) / s.sum(axes), q, axes))
+
+
+def _jac(reg):
+    return softmax_jac if reg == "entropy" else sparsemax_jac
+
+
+# Infinite entries of x move nothing: in a row with a finite entry their weight is 0
+# already; in a row whose maximum is infinite (all -inf, or +inf entries sharing the
+# weight) the weights are constant.  So the Jacobian is J diag(finite(x)): the tangent
+# is masked before J, the cotangent after it.
+def soft_jvp(reg, x, q, t, axes):
+    return _jac(reg)(q, where(finite(x), t, 0), axes)
+
+
+def soft_vjp(reg, x, q, g, axes):
+    return where(finite(x), _jac(reg)(q, g, axes), 0)
+
+
+for _name, _reg in (("softmax", "entropy"), ("sparsemax", "l2")):
+    rules(_name, jvp=lambda x, z, dx, axis, reg=_reg: soft_jvp(reg, x, z, dx, axes_of(x, axis)),
+                 vjp=lambda x, z, g, axis, reg=_reg: soft_vjp(reg, x, z, g, axes_of(x, axis)))
+
+
+def _smax_dgamma(q, reg, axes, sign=1):
+    """d smax / d gamma at the maximiser q (Danskin): the entropy H(q) for "entropy",
+    -||q||^2 / 2 for "l2"; smin(x) = -smax(-x) flips the sign."""
+    d = -xlogy0(q).sum(axes) if reg == "entropy" else -(q * q).sum(axes) / 2
+    return d if sign > 0 else -d
+
+
 # ---------------------------------------------------------------- smax / smin
 def _smax(x, gamma, reg="entropy", axis=-1):
     (x, g), dt = _floats(x, gamma)
@@ -213,6 +255,24 @@ defprim("smin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
         doc="regularised min over the last axis: -smax(-x, gamma)")
 
 
+def _smax_rules(name, arg, sign):
+    """d smax = <q, dx> + dgamma * d smax/d gamma, q = sargmax(x, gamma) (its gradient)."""
+    def jvp(x, gamma, dx, dgamma, reg, axis):
+        axes = axes_of(x, axis)
+        q = arg(x, gamma, reg=reg, axis=axis)
+        return (q * dx).sum(axes) + _smax_dgamma(q, reg, axes, sign) * dgamma
+
+    def vjp(x, gamma, g, reg, axis):
+        axes = axes_of(x, axis)
+        q = arg(x, gamma, reg=reg, axis=axis)
+        return q * spread(g, x, axes), g * _smax_dgamma(q, reg, axes, sign)  # summed to gamma
+    rules(name, jvp=jvp, vjp=vjp)
+
+
+_smax_rules("smax", sargmax, 1)
+_smax_rules("smin", sargmin, -1)
+
+
 # ---------------------------------------------------------------- sargmax / sargmin
 def _sargmax(x, gamma, reg="entropy", axis=-1):
     (x, g), dt = _floats(x, gamma)
@@ -233,6 +293,26 @@ defprim("sargmax", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1}
 defprim("sargmin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
         infer=_map_infer("sargmin", with_gamma=True, with_reg=True), impl=_sargmin,
         group="soft", doc="the minimiser of smin: sargmax(-x, gamma)")
+
+
+def _sarg_rules(name, sign):
+    """q = J(u) applied: q = softmax/sparsemax(u), u = sign * x / gamma, so
+    du = sign * (dx / gamma - x dgamma / gamma^2); infinite x (weight 0) contribute 0."""
+    def jvp(x, gamma, z, dx, dgamma, reg, axis):
+        du = dx / gamma
+        if dgamma is not ZERO:
+            du = du - finite_or_zero(x) * dgamma / gamma ** 2
+        return soft_jvp(reg, x, z, du if sign > 0 else -du, axes_of(x, axis))
+
+    def vjp(x, gamma, z, g, reg, axis):
+        gu = soft_vjp(reg, x, z, g, axes_of(x, axis))
+        gu = gu if sign > 0 else -gu
+        return gu / gamma, -(gu * finite_or_zero(x)).sum() / gamma ** 2
+    rules(name, jvp=jvp, vjp=vjp)
+
+
+_sarg_rules("sargmax", 1)
+_sarg_rules("sargmin", -1)
 
 
 # ---------------------------------------------------------------- one-hot
@@ -287,6 +367,30 @@ defprim("sminn", operands=("gamma", "*xs"), variadic=True, attrs={"reg": "entrop
         doc="smoothed min(a, b, ...) of scalars: smin of the vector of xs")
 
 
+def soft_choice(xs, gamma, z, reg, sign):
+    """For smax (sign 1) / smin (-1) of the operands ``xs`` taken pairwise (elementwise,
+    broadcast to z's shape): the weight of each operand (its partial derivative) and
+    d/d gamma.  The operands are stacked along a new axis 0 and sargmax'ed along it."""
+    v = array(*[spread(x.astype(z.dtype), z) for x in xs])
+    q = (sargmax if sign > 0 else sargmin)(v, gamma, reg=reg, axis=0)
+    return [q[k] for k in range(len(xs))], _smax_dgamma(q, reg, (0,), sign)
+
+
+def _smaxn_rules(name, sign):
+    def jvp(gamma, xs, z, dgamma, dxs, reg):
+        w, d = soft_choice(xs, gamma, z, reg, sign)
+        return add_all(wk * dk for wk, dk in zip(w, dxs)) + d * dgamma
+
+    def vjp(gamma, xs, z, g, reg):
+        w, d = soft_choice(xs, gamma, z, reg, sign)
+        return {"gamma": g * d, "xs": [g * wk for wk in w]}
+    rules(name, jvp=jvp, vjp=vjp)
+
+
+_smaxn_rules("smaxn", 1)
+_smaxn_rules("sminn", -1)
+
+
 def _spair_infer(name):
     def infer(types, attrs):
         numeric(types[:2], name)
@@ -323,6 +427,21 @@ defprim("smaximum", operands=("x", "y", "gamma"), attrs={"reg": "entropy"},
 defprim("sminimum", operands=("x", "y", "gamma"), attrs={"reg": "entropy"},
         infer=_spair_infer("sminimum"), impl=_sminimum, group="soft",
         doc="smoothed elementwise minimum(x, y): smin of each pair (broadcasting)")
+
+
+def _spair_rules(name, sign):
+    def jvp(x, y, gamma, z, dx, dy, dgamma, reg):
+        (wx, wy), d = soft_choice([x, y], gamma, z, reg, sign)
+        return wx * dx + wy * dy + d * dgamma
+
+    def vjp(x, y, gamma, z, g, reg):
+        (wx, wy), d = soft_choice([x, y], gamma, z, reg, sign)
+        return g * wx, g * wy, g * d                # summed back to the operands' shapes
+    rules(name, jvp=jvp, vjp=vjp)
+
+
+_spair_rules("smaximum", 1)
+_spair_rules("sminimum", -1)
 
 
 # ---------------------------------------------------------------- hard -> smoothed
