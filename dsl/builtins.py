@@ -195,10 +195,6 @@ def _arrayish(lw, x, node):
     return lw.as_value(x, node)
 
 
-def _float_operand(lw, v):
-    return v
-
-
 def lower_builtin_call(lw, name: str, e: A.Call, env, pre=None):
     args = Args(lw, e, env, pre)
     p = lw.prim

@@ -124,19 +124,6 @@ CASES = [
 ]
 
 
-def _source():
-    out = []
-    for name, sig, body, _, _ in CASES:
-        sig = sig.replace("[?]", "[k]").replace("[?, ?]", "[k, l]") if "?" in sig else sig
-        out.append(f"def f_{name}{sig}:\n    return {body}\n")
-    return "\n".join(out)
-
-
-def _fix_unbound(src):
-    # result dims k, l above are not parameters: declare those results through a helper
-    return src
-
-
 @pytest.fixture(scope="module")
 def mod():
     src = []

@@ -54,10 +54,6 @@ def bool_infer(name):
     return infer
 
 
-def _np_out(fn, dtype_fn=None):
-    return fn
-
-
 # ---------------------------------------------------------------- arithmetic
 def _binary(name, impl, infer=None, doc="", cpu=None, **kw):
     defprim(name, operands=("x", "y"), infer=infer or same_dtype_infer(name), impl=impl,
