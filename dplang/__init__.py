@@ -7,6 +7,11 @@
 from dplang.errors import (DPError, DPSyntaxError, DPUnsupportedError, DPTypeError,  # noqa: F401
                            DPNameError, DPShapeError, DPConvergenceError, DPRuntimeError,
                            DPAssertionError, DPInternalError)
-from dplang.api import load, compile, jvp, Module, Function  # noqa: F401
+from dplang.eager import *  # noqa: F401,F403  (dp.exp, dp.smax, ...: eager built-ins)
+from dplang.api import (load, compile, jvp, vjp, grad, value_and_grad, hvp, smooth,  # noqa: F401
+                        Module, Function)
+from dplang.jit import jit, JitFunction  # noqa: F401
+from dplang.eager import argmin  # noqa: F401  (the reduction, or the API's @argmin(obj))
+from dplang.api import smooth  # noqa: F401
 
 __version__ = "0.1.0"

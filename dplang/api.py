@@ -277,19 +277,158 @@ def _wrt(f: Function, wrt, what):
                        f.func.loc, what)
 
 
-def jvp(f: Function, wrt=0) -> Derived:
+def _base(f):
+    """The program and key a transformation starts from."""
+    prog = getattr(f, "program", None)
+    if prog is None:
+        prog = f.module._stage_program("optimized")
+    return prog, f.key
+
+
+def _lazy(f, what, build):
+    """Transformations of a ``@dp.jit`` function: specialise on the first call."""
+    if isinstance(f, Function):
+        return build(f)
+    if hasattr(f, "specialise") and hasattr(f, "param_names"):
+        return LazyDerived(f, build, what)
+    raise TypeError(f"dp.{what} takes a compiled dplang function, got {type(f).__name__}")
+
+
+class LazyDerived:
+    """A transformation of a function that specialises per argument signature
+    (``@dp.jit``): built for the types of the first ``len(base.param_names)`` arguments."""
+
+    def __init__(self, base, build, what):
+        self.base, self.build, self.what = base, build, what
+        self.param_names = list(base.param_names)
+        self._cache: dict = {}
+        self._last = None
+        self.__name__ = f"{what}({getattr(base, '__name__', 'f')})"
+
+    def specialise(self, *args):
+        base = self.base.specialise(*args[:len(self.param_names)])
+        key = id(base)
+        if key not in self._cache:
+            self._cache[key] = (base, self.build(base))
+        self._last = self._cache[key][1]
+        return self._last
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{self.__name__}: pass arguments by position")
+        return self.specialise(*args)(*args)
+
+    def _need_last(self):
+        if self._last is None:
+            raise DPError(f"{self.__name__} has not been called yet: its types come from "
+                          f"the first call")
+        return self._last
+
+    def ir(self, stage: str = "ad") -> str:
+        return self._need_last().ir(stage)
+
+    def dot(self, stage: str = "ad") -> str:
+        return self._need_last().dot(stage)
+
+    def source(self) -> str:
+        return self._need_last().source()
+
+
+def jvp(f, wrt=0):
     """Forward mode: ``jvp(f, wrt)(*primals, *tangents) -> (value, tangent_out)``; one
     tangent per differentiated parameter."""
-    from dplang.passes.ad_forward import jvp_program
-    idx, _ = _wrt(f, wrt, "jvp")
-    base = getattr(f, "program", None) or f.module._stage_program("optimized")
-    prog, key = jvp_program(base, f.key, idx)
-    nres = len(f.func.result_types)
-    tuple_out = f.func.returns_tuple
+    def build(f):
+        from dplang.passes.ad_forward import jvp_program
+        idx, _ = _wrt(f, wrt, "jvp")
+        base, key = _base(f)
+        prog, key = jvp_program(base, key, idx)
+        nres = len(f.func.result_types)
+        tuple_out = f.func.returns_tuple
 
-    def structure(flat):
-        vals, tans = flat[:nres], flat[nres:]
-        if tuple_out:
-            return tuple(vals), tuple(tans)
-        return vals[0], tans[0]
-    return Derived(f.module, prog, key, f"jvp({f.__name__})", structure)
+        def structure(flat):
+            vals, tans = flat[:nres], flat[nres:]
+            if tuple_out:
+                return tuple(vals), tuple(tans)
+            return vals[0], tans[0]
+        return Derived(f.module, prog, key, f"jvp({f.__name__})", structure)
+    return _lazy(f, "jvp", build)
+
+
+def _scalar_result(f, what):
+    rt = f.func.result_types
+    if len(rt) != 1 or not isinstance(rt[0], T.Scalar) or rt[0].dtype not in ("f64", "f32"):
+        shown = ", ".join(str(t) for t in rt) or "nothing"
+        raise DPTypeError(f"dp.{what}() needs a function with one float scalar result; "
+                          f"'{f.__name__}' returns {shown} (use dp.vjp for other results)",
+                          f.func.loc)
+
+
+def _reverse(f, wrt, mode, what):
+    def build(f):
+        from dplang.passes.ad_reverse import reverse_program
+        idx, as_tuple = _wrt(f, wrt, what)
+        if mode != "vjp":
+            _scalar_result(f, what)
+        base, key = _base(f)
+        prog, key = reverse_program(base, key, idx, mode)
+        nres = len(f.func.result_types)
+        tuple_out = f.func.returns_tuple
+
+        def grads(gs):
+            return tuple(gs) if as_tuple else gs[0]
+
+        def structure(flat):
+            if mode == "grad":
+                return grads(flat)
+            if mode == "value_and_grad":
+                return flat[0], grads(flat[1:])
+            vals = flat[:nres]
+            return (tuple(vals) if tuple_out else vals[0]), grads(flat[nres:])
+        return Derived(f.module, prog, key, f"{what}({f.__name__})", structure)
+    return _lazy(f, what, build)
+
+
+def grad(f, wrt=0):
+    """The gradient of a scalar-valued ``f`` w.r.t. parameter ``wrt`` (an index, a name,
+    or a tuple of them: then a tuple of gradients)."""
+    return _reverse(f, wrt, "grad", "grad")
+
+
+def value_and_grad(f, wrt=0):
+    """``(f(x), grad(f)(x))`` in one reverse pass."""
+    return _reverse(f, wrt, "value_and_grad", "value_and_grad")
+
+
+def vjp(f, wrt=0):
+    """Reverse mode: ``vjp(f, wrt)(*primals, *cotangents) -> (value, cotangents_in)``; one
+    cotangent per float result of ``f``."""
+    return _reverse(f, wrt, "vjp", "vjp")
+
+
+def hvp(f, wrt=0):
+    """Hessian-vector product: ``hvp(f, wrt)(*args, v) -> H v`` (forward over reverse)."""
+    def build(f):
+        _scalar_result(f, "hvp")
+        idx, as_tuple = _wrt(f, wrt, "hvp")
+        g = grad(f, wrt=tuple(idx))
+        j = jvp(g, wrt=tuple(idx))
+
+        def structure(flat):
+            tans = flat[len(idx):]
+            return tuple(tans) if as_tuple else tans[0]
+        return Derived(f.module, j.program, j.key, f"hvp({f.__name__})", structure)
+    return _lazy(f, "hvp", build)
+
+
+def smooth(f, reg, gamma=None):
+    """``f`` with max/min/maximum/minimum/onehot_argmax/onehot_argmin (in it and in what
+    it calls) replaced by their ``reg``-smoothed versions (SPEC 2.2); without ``gamma``
+    the temperature is a new last parameter."""
+    def build(f):
+        from dplang.passes.smooth import smooth_program
+        base, key = _base(f)
+        prog, key = smooth_program(base, key, reg, gamma)
+        func = prog.funcs[key]
+        return Derived(f.module, prog, key, f"smooth({f.__name__})",
+                       lambda flat: tuple(flat) if func.returns_tuple else flat[0])
+    return _lazy(f, "smooth", build)

@@ -454,6 +454,11 @@ def lower_transform(lw, name, e: A.Call, env):
             raise DPTypeError(f"{name}() has no option '{kw.name}' (only wrt=)", kw.loc)
         wrt, wrt_node = lw.static(kw.value, env), kw.value
     base = lw.ctx.signature(FuncRef(f.key, f.name, f.transforms), None, e)
+    if base.param_types is None:
+        # a jitted function without annotations: types are known when it is called, and
+        # transformed_signature checks them then
+        idx = resolve_wrt(wrt, base.param_names, [None] * len(base.param_names), wrt_node, name)
+        return FuncRef(f.key, f"{name}({f.name})", f.transforms + ((name, idx),))
     idx = resolve_wrt(wrt, base.param_names, base.param_types, wrt_node, name)
     out = FuncRef(f.key, f"{name}({f.name})", f.transforms + ((name, idx),))
     transformed_signature(base, FuncRef(f.key, f.name, ((name, idx),)), e.args[0])  # located check
@@ -480,7 +485,7 @@ def resolve_wrt(wrt, pnames, ptypes, node, what="grad"):
             k = w if w >= 0 else len(pnames) + w
             if not 0 <= k < len(pnames):
                 raise DPTypeError(f"wrt={w}: the function has {len(pnames)} parameter(s)", loc)
-        if ptypes[k].dtype not in ("f64", "f32"):
+        if ptypes[k] is not None and ptypes[k].dtype not in ("f64", "f32"):
             raise DPTypeError(f"cannot differentiate with respect to '{pnames[k]}': it is "
                               f"{ptypes[k]}, not a float", loc)
         out.append(k)
@@ -494,6 +499,10 @@ def transformed_signature(base, fref, node):
     for kind, (idx, as_tuple) in fref.transforms:
         pt = sig.param_types
         rt = sig.result_types
+        for k in idx:
+            if pt[k].dtype not in ("f64", "f32"):
+                raise DPTypeError(f"cannot differentiate with respect to "
+                                  f"'{sig.param_names[k]}': it is {pt[k]}, not a float", node.loc)
         if kind in ("grad", "value_and_grad"):
             if len(rt) != 1 or not isinstance(rt[0], T.Scalar) or rt[0].dtype not in ("f64", "f32"):
                 shown = ", ".join(str(t) for t in rt)
@@ -505,10 +514,12 @@ def transformed_signature(base, fref, node):
                           len(res) > 1 or as_tuple or kind == "value_and_grad")
         elif kind == "jvp":
             tnames = [f"d_{sig.param_names[k]}" for k in idx]
+            frt = [t for t in rt if t.dtype in ("f64", "f32")]
             sig = SigInfo(sig.key, sig.param_names + tnames, pt + [pt[k] for k in idx],
-                          rt + rt, True)
+                          rt + frt, True)
         elif kind == "vjp":
-            cn = [f"d_out{j}" if len(rt) > 1 else "d_out" for j in range(len(rt))]
-            sig = SigInfo(sig.key, sig.param_names + cn, pt + list(rt),
+            frt = [t for t in rt if t.dtype in ("f64", "f32")]
+            cn = [f"d_out{j}" if len(frt) > 1 else "d_out" for j in range(len(frt))]
+            sig = SigInfo(sig.key, sig.param_names + cn, pt + frt,
                           rt + [pt[k] for k in idx], True)
     return sig

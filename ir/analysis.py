@@ -23,7 +23,7 @@ Let ``P`` be an op in region ``R`` and ``v`` a value.  ``v`` is *consumable at P
     results) -- or ``R`` is a branch of an ``if`` op ``I`` and ``v`` is consumable at ``I``
     in ``I``'s region (recursively; the other branch never runs).
 
-``inplace_setitems(func)`` is the set of ``setitem`` ops whose array operand (operand 0)
+``inplace_setitems(func)`` is the set of ``setitem`` (and ``scatter_add``) ops whose array operand (operand 0)
 is consumable at the op: they may write into that buffer and return it.
 
 Values also flow into *slots* without an op computing them: slot ``k`` of a ``for`` is
@@ -245,7 +245,7 @@ def analyze_inplace(func: Func) -> InPlace:
     live = _Liveness(func)
     res = InPlace()
     for op in func.walk():
-        if op.name == "setitem" and op.operands and _is_array(op.operands[0]) \
+        if op.name in WRITES and op.operands and _is_array(op.operands[0]) \
                 and isinstance(op.parent, Region) \
                 and live.consumable(op.operands[0], op, op.parent):
             res.inplace.add(op)
@@ -317,6 +317,9 @@ def analyze_inplace(func: Func) -> InPlace:
             if _is_array(u) and (u in may_alias_param or not first_occurrence(ret, idx)):
                 res.yield_copies.add((ret, idx))
     return res
+
+
+WRITES = ("setitem", "scatter_add")    # ops that may write into their operand 0's buffer
 
 
 def inplace_setitems(func: Func) -> set[Op]:

@@ -33,11 +33,19 @@ from dplang.ir.types import Type
 
 _ids = itertools.count()
 
-STRUCTURAL = ("const", "for", "while", "if", "call", "yield", "return", "assert", "undef")
+STRUCTURAL = ("const", "for", "while", "if", "call", "yield", "return", "assert", "undef",
+              "tape_new", "tape_push", "tape_pop")
 # ``assert``: operands (cond, *extra), attrs msg (may hold {0}, {1}... for the extra
 #             operands), kind ("assert" | "shape"): raises at run time when cond is false.
 # ``undef``:  no operands, one result: a placeholder of its type on paths that never
 #             read it (the return value before a ``return`` ran).
+# Tapes (emitted by reverse mode only; ops with effects, never removed or merged):
+# ``tape_new``:  no operands, one result of type ``Tape(elem)``: an empty stack.
+# ``tape_push``: operands (tape, v), no results: pushes (a copy of) v.
+# ``tape_pop``:  operand (tape,), one result of the tape's element type: pops the last
+#                value pushed.  Each tape holds one value of the primal per iteration
+#                that needs it, so pushes and pops of one tape mirror each other.
+EFFECTS = ("assert", "tape_push", "tape_pop", "tape_new")
 
 
 class Value:

@@ -151,6 +151,20 @@ class FuncType(Type):
         return f"fn {self.name}"
 
 
+@dataclass(frozen=True)
+class Tape(Type):
+    """A stack of values of type ``elem``, written by reverse mode's forward sweep
+    (``tape_push``) and read back in reverse order by its reverse sweep (``tape_pop``)."""
+    elem: Type
+
+    def __str__(self) -> str:
+        return f"tape[{self.elem}]"
+
+    @property
+    def dtype(self):
+        return None
+
+
 F64, F32, I64, BOOL = Scalar("f64"), Scalar("f32"), Scalar("i64"), Scalar("bool")
 
 

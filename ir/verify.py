@@ -34,7 +34,8 @@ from dplang.errors import DPInternalError
 from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir import types as T
 
-_STRUCT = ("const", "for", "while", "if", "call", "yield", "return", "assert", "undef")
+_STRUCT = ("const", "for", "while", "if", "call", "yield", "return", "assert", "undef",
+           "tape_new", "tape_push", "tape_pop")
 
 
 def types_match(a: T.Type, b: T.Type) -> bool:
@@ -170,6 +171,24 @@ class _Verifier:
             self.fail("assert takes a condition (and values for its message) and has no "
                       "results", op)
         self._types("assert condition", [op.operands[0].type], [T.BOOL], op)
+
+    def op_tape_new(self, op: Op) -> None:
+        self._nreg(op, 0)
+        if op.operands or len(op.results) != 1 or not isinstance(op.results[0].type, T.Tape):
+            self.fail("tape_new takes no operands and has one tape result", op)
+
+    def op_tape_push(self, op: Op) -> None:
+        self._nreg(op, 0)
+        if len(op.operands) != 2 or op.results or not isinstance(op.operands[0].type, T.Tape):
+            self.fail("tape_push takes (tape, value) and has no results", op)
+        self._types("tape_push value", [op.operands[1].type], [op.operands[0].type.elem], op)
+
+    def op_tape_pop(self, op: Op) -> None:
+        self._nreg(op, 0)
+        if len(op.operands) != 1 or len(op.results) != 1 \
+                or not isinstance(op.operands[0].type, T.Tape):
+            self.fail("tape_pop takes a tape and has one result", op)
+        self._types("tape_pop result", [op.results[0].type], [op.operands[0].type.elem], op)
 
     def op_yield(self, op: Op) -> None:
         self._nreg(op, 0)

@@ -34,7 +34,7 @@ def _is(v: Value, x) -> bool:
 
 
 def _has_effects(op: Op) -> bool:
-    if op.name in ("assert", "return", "yield"):
+    if op.name in ("assert", "return", "yield", "tape_push", "tape_pop"):
         return True
     return any(_has_effects(o) for r in op.regions for o in r.ops)
 
@@ -65,9 +65,12 @@ class Simplifier:
         for op in list(reg.ops):
             for sub in op.regions:
                 self.fold_region(sub, seen)
-            if op.regions or op.name in ("yield", "return", "assert", "undef"):
+            if op.regions or op.name in ("yield", "return", "assert", "undef", "tape_new",
+                                         "tape_push", "tape_pop"):
                 continue
             rep = self.identity(op)
+            if rep is None:
+                rep = self.fold(op, reg)
             if rep is not None:
                 self.replace(op, rep)
                 continue
@@ -123,6 +126,32 @@ class Simplifier:
         if op.name == "cast" and a[0].type == r.type:
             return a[0]
         return None
+
+    FOLDABLE = ("add", "sub", "mul", "neg", "floordiv", "mod", "maximum", "minimum", "lt",
+                "le", "gt", "ge", "eq", "ne", "cast", "div", "pow", "sqrt", "exp", "log",
+                "logical_and", "logical_or", "logical_not", "where", "abs")
+
+    def fold(self, op: Op, reg: Region):
+        """Constant folding of scalar arithmetic: a new ``const`` op, or None."""
+        if op.name not in self.FOLDABLE or len(op.results) != 1 \
+                or not isinstance(op.results[0].type, T.Scalar):
+            return None
+        vals = [_const(x) for x in op.operands]
+        if any(v is None or np.ndim(v) != 0 for v in vals):
+            return None
+        r = op.results[0]
+        try:
+            with np.errstate(all="ignore"):
+                out = REGISTRY[op.name].impl(*[np.asarray(v)[()] for v in vals],
+                                             **{k: v for k, v in op.attrs.items()
+                                                if not k.startswith("_")})
+            val = {"f64": float, "f32": float, "i64": int, "bool": bool}[r.type.dtype](out)
+        except Exception:
+            return None
+        c = Op("const", [], [Value(r.type, r.hint, r.loc)], {"value": val}, loc=op.loc)
+        c.parent = reg
+        reg.ops.insert(reg.ops.index(op), c)
+        return c.results[0]
 
     def replace(self, op: Op, value: Value) -> None:
         self.replace_value(op.results[0], value)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dplang.errors import DPAssertionError, DPError, DPRuntimeError, DPShapeError
+from dplang.errors import (DPAssertionError, DPError, DPInternalError, DPRuntimeError,
+                           DPShapeError)
 from dplang.ir import types as T
 from dplang.ir.analysis import analyze_inplace
 from dplang.ir.core import Func, Op, Program, Region
@@ -110,6 +111,9 @@ class _Run:
     def __init__(self, program: Program | None):
         self.program = program
         self.plans: dict[int, _Plan] = {}
+        self.tape_pushes = 0    # tape statistics of the last run (tests measure memory)
+        self.tape_size = 0
+        self.tape_peak = 0
 
     def lookup(self, name: str, op: Op | None = None) -> Func:
         prog = self.program
@@ -159,10 +163,14 @@ class _Run:
     # -- primitives -------------------------------------------------------------
     def primitive(self, op: Op, env: dict, plan: _Plan) -> None:
         vals = [env[v] for v in op.operands]
-        if op.name == "setitem" and op in plan.inplace:
+        if op in plan.inplace:
             x = vals[0]
             if isinstance(x, np.ndarray) and x.flags.writeable:
-                x[build_index(vals[2:], op.attrs.get("index"))] = vals[1]
+                ix = build_index(vals[2:], op.attrs.get("index"))
+                if op.name == "setitem":
+                    x[ix] = vals[1]
+                else:
+                    x[ix] += vals[1]
                 env[op.results[0]] = x
                 return
         prim = REGISTRY.get(op.name)
@@ -285,7 +293,28 @@ def _call(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
         env[r] = v
 
 
-_HANDLERS = {"const": _const, "undef": _undef_op, "assert": _assert, "for": _for,
+def _tape_new(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    env[op.results[0]] = []
+
+
+def _tape_push(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    tape = env[op.operands[0]]
+    tape.append(_copy(env[op.operands[1]]))
+    run.tape_pushes += 1
+    run.tape_size += 1
+    run.tape_peak = max(run.tape_peak, run.tape_size)
+
+
+def _tape_pop(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
+    tape = env[op.operands[0]]
+    if not tape:
+        raise DPInternalError("tape_pop of an empty tape", op.loc)
+    env[op.results[0]] = tape.pop()
+    run.tape_size -= 1
+
+
+_HANDLERS = {"tape_new": _tape_new, "tape_push": _tape_push, "tape_pop": _tape_pop,
+             "const": _const, "undef": _undef_op, "assert": _assert, "for": _for,
              "while": _while, "if": _if, "call": _call}
 
 
@@ -303,8 +332,13 @@ def run_func(program: Program | None, name_or_func, args: list) -> list:
             func = program.func(name_or_func)
         except KeyError:
             raise DPRuntimeError(f"no function named {name_or_func!r}") from None
+    global LAST_RUN
+    LAST_RUN = run
     with np.errstate(all="ignore"):
         return run.call(func, list(args))
+
+
+LAST_RUN = None     # the last _Run (its tape_peak / tape_pushes: how much reverse mode kept)
 
 
 __all__ = ["run_func", "to_type"]

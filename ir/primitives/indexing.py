@@ -158,8 +158,9 @@ defprim("setitem", operands=("x", "v", "*idx"), variadic=True, attrs={"index": N
             "linear in (x, v)")
 rules("setitem",
       jvp=lambda x, idx, dx, dv, attrs: setitem(dense(dx, x), dv, *idx, **attrs),
-      vjp=lambda idx, g, attrs: {"x": setitem(g, 0, *idx, **attrs),
-                                 "v": getitem(g, *idx, **attrs)})     # summed to v's shape
+      # read g[idx] before zeroing it, so that the write can reuse g's buffer
+      vjp=lambda idx, g, attrs: {"v": getitem(g, *idx, **attrs),      # summed to v's shape
+                                 "x": setitem(g, 0, *idx, **attrs)})
 
 
 def _scatter_add(x, v, *idx, index=None):

@@ -35,7 +35,7 @@ from dplang.ir import types as T
 from dplang.ir.primitives import REGISTRY, TypeRuleError, defprim
 from dplang.ir.primitives.reductions import (dtype_of, need_scalar, norm_axes, numeric,
                                              out, promote_all, reduced_shape)
-from dplang.ir.primitives.rules import (ZERO, add_all, array, axes_of, finite, finite_or_zero,
+from dplang.ir.primitives.rules import (INF, ZERO, add_all, array, axes_of, finite, finite_or_zero,
                                         rules, sargmax, sargmin, spread, where, xlogy0)
 
 REGS = ("entropy", "l2")
@@ -295,19 +295,34 @@ defprim("sargmin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1}
         group="soft", doc="the minimiser of smin: sargmax(-x, gamma)")
 
 
+def _shifted(x, axes, sign):
+    """``x`` minus its row's largest (sign 1) / smallest (-1) finite entry, infinite
+    entries 0.  J annihilates a constant per row, so J(x / gamma^2) = J(shifted / gamma^2)
+    exactly, and the shifted form does not cancel catastrophically when gamma is tiny
+    (x ~ 1e2, gamma = 1e-8: x / gamma^2 ~ 1e18 while the differences matter)."""
+    fin = finite(x)
+    if sign > 0:
+        c = where(fin, x, -INF).max(axes)
+    else:
+        c = where(fin, x, INF).min(axes)
+    return finite_or_zero(x - spread(c, x, axes))
+
+
 def _sarg_rules(name, sign):
     """q = J(u) applied: q = softmax/sparsemax(u), u = sign * x / gamma, so
     du = sign * (dx / gamma - x dgamma / gamma^2); infinite x (weight 0) contribute 0."""
     def jvp(x, gamma, z, dx, dgamma, reg, axis):
+        axes = axes_of(x, axis)
         du = dx / gamma
         if dgamma is not ZERO:
-            du = du - finite_or_zero(x) * dgamma / gamma ** 2
-        return soft_jvp(reg, x, z, du if sign > 0 else -du, axes_of(x, axis))
+            du = du - _shifted(x, axes, sign) * dgamma / gamma ** 2
+        return soft_jvp(reg, x, z, du if sign > 0 else -du, axes)
 
     def vjp(x, gamma, z, g, reg, axis):
-        gu = soft_vjp(reg, x, z, g, axes_of(x, axis))
+        axes = axes_of(x, axis)
+        gu = soft_vjp(reg, x, z, g, axes)
         gu = gu if sign > 0 else -gu
-        return gu / gamma, -(gu * finite_or_zero(x)).sum() / gamma ** 2
+        return gu / gamma, -(gu * _shifted(x, axes, sign)).sum() / gamma ** 2
     rules(name, jvp=jvp, vjp=vjp)
 
 
