@@ -371,6 +371,11 @@ def _reverse(f, wrt, mode, what):
             _scalar_result(f, what)
         base, key = _base(f)
         prog, key = reverse_program(base, key, idx, mode)
+        if mode == "grad":
+            # grad(f) of one parameter returns one value (so jvp(grad(f)) does too)
+            import dataclasses
+            prog.funcs[key] = dataclasses.replace(prog.funcs[key],
+                                                  returns_tuple=as_tuple or len(idx) > 1)
         nres = len(f.func.result_types)
         tuple_out = f.func.returns_tuple
 

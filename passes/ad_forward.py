@@ -55,6 +55,7 @@ class ForwardAD:
         b = Builder(body, func.loc)
         vmap = {old: new for old, new in zip(func.params, params)}
         tmap = {func.params[k]: t for k, t in zip(active, tparams)}
+        self._active_tapes(func, tmap)
         self.region(b, func.body, vmap, tmap, terminal="return")
         ret = body.ops.pop()          # the copied return: add the tangents
         outs = list(ret.operands)
@@ -71,6 +72,43 @@ class ForwardAD:
 
     def _zero(self, b, v):
         return zero_like(b, v)
+
+    # ------------------------------------------------------------------ tapes
+    def _active_tapes(self, func: Func, tmap: dict) -> None:
+        """Tapes (of a reverse-mode function) that hold values with tangents: their
+        tangents travel on a companion tape, pushed and popped alongside."""
+        self.active_tapes = set()
+        pushes = [op for op in func.walk() if op.name == "tape_push"]
+        changed = True
+        while changed:
+            changed = False
+            for op in pushes:
+                t = op.operands[0]
+                if t not in self.active_tapes and is_float(op.operands[1].type) \
+                        and self._depends(op.operands[1], tmap):
+                    self.active_tapes.add(t)
+                    changed = True
+
+    def op_tape_new(self, b, op, vmap, tmap):
+        new = self.copy_op(b, op, vmap)
+        if op.results[0] in self.active_tapes:
+            tmap[op.results[0]] = b.op("tape_new", [], [new.results[0].type], {},
+                                       hints=["d_tape"]).result
+
+    def op_tape_push(self, b, op, vmap, tmap):
+        self.copy_op(b, op, vmap)
+        comp = tmap.get(op.operands[0])
+        if comp is not None:
+            v = op.operands[1]
+            t = tmap.get(v)
+            b.op("tape_push", [comp, t if t is not None else zero_like(b, vmap[v])], [])
+
+    def op_tape_pop(self, b, op, vmap, tmap):
+        self.copy_op(b, op, vmap)
+        comp = tmap.get(op.operands[0])
+        if comp is not None:
+            r = op.results[0]
+            tmap[r] = b.op("tape_pop", [comp], [r.type], hints=["d_" + (r.hint or "v")]).result
 
     # ---------------------------------------------------------------- regions
     def region(self, b: Builder, reg: Region, vmap: dict, tmap: dict, terminal="yield"):
@@ -170,6 +208,8 @@ class ForwardAD:
         if isinstance(owner, Op):
             if owner.name in ("const", "undef"):
                 return False
+            if owner.name == "tape_pop":
+                return owner.operands[0] in getattr(self, "active_tapes", ())
             p = REGISTRY.get(owner.name)
             if p is not None and p.zero_derivative:
                 return False

@@ -330,6 +330,28 @@ class Ctx:
                 return self.b.const(0.0, like.type)
             return self.b.prim("zeros_like", like)
 
+    def zeros_of(self, t):
+        """Zeros of array type ``t`` built from the parameters' dimensions (no primal
+        value needed), or None when a dimension is not a parameter's."""
+        dims = self.ad.param_dims
+        vals = []
+        with self.b.at(self.rev):
+            for d in t.shape:
+                if isinstance(d, int):
+                    vals.append(self.b.const(d))
+                    continue
+                if not isinstance(d, T.Sym) or any(name not in dims for name, _ in d.terms):
+                    return None
+                acc = self.b.const(d.const)
+                for name, coef in d.terms:
+                    p, ax = dims[name]
+                    term = self.b.prim("dim", self.ad.vmap[p], axis=ax, hint=name)
+                    if coef != 1:
+                        term = self.b.prim("mul", term, self.b.const(coef))
+                    acc = self.b.prim("add", acc, term)
+                vals.append(acc)
+            return self.b.prim("zeros", *vals, dtype=t.dtype, _shape=t.shape)
+
     # -- the walk --------------------------------------------------------------
     def run(self) -> None:
         for op in reversed(self.orig.ops[:-1]):
@@ -449,7 +471,10 @@ class Ctx:
     def _zero_result(self, r: Value) -> Value:
         if isinstance(r.type, T.Scalar):
             return self.zero(r)
-        return self.zero(self.primal(r))
+        if r in self.images or r in self.cache or not isinstance(self, _Nested):
+            return self.zero(self.primal(r))
+        z = self.zeros_of(r.type)
+        return z if z is not None else self.zero(self.primal(r))
 
     # -- tapes in the input (second order) ---------------------------------------
     def reverse_tape(self, op: Op) -> None:
@@ -480,8 +505,15 @@ class Ctx:
         bargs = body.args[1:] if is_for else body.args
         ys = body.ops[-1].operands
         inits = op.operands[nb:]
-        adj_idx = [k for k, r in enumerate(op.results)
-                   if r in ad.varied and self.adj.get(r) is not None]
+        # once an adjoint flows into the loop (through a result, or through a tape it
+        # pushes to: reverse over reverse), every varied carried value carries one: a
+        # carried value whose result is unused may still feed the others in the body
+        adj_idx = []
+        if ad.pushes_adjoints(op) or any(self.adj.get(r) is not None for r in op.results):
+            adj_idx = [k for k, r in enumerate(op.results) if r in ad.varied]
+            for k in adj_idx:
+                if self.adj.get(op.results[k]) is None:
+                    self.adj[op.results[k]] = self._zero_result(op.results[k])
         img_idx = [k for k in range(len(bargs)) if (op, k) in ad.track.slots]
         if not adj_idx:
             # no adjoint flows into the loop; undo its writes only if an image needs it
@@ -532,21 +564,21 @@ class Ctx:
             new = b.op("for", [last, stop, nstep] + init, [a.type for a in rev.args[1:]], {},
                        [rev], hints=[a.hint for a in rev.args[1:]])
         res = new.results
+        off = len(adj_idx) + len(img_idx)
+        for j, (v, _) in enumerate(L.accs):        # accumulators first: they hold the
+            self.adj[v] = res[off + j]             # adjoint from before the loop
         for j, k in enumerate(adj_idx):
             self.add_adj(inits[k], res[j])
         if isinstance(self, _Nested):     # the function body reads the forward values
             for j, k in enumerate(img_idx):
                 self.images[inits[k]] = res[len(adj_idx) + j]
-        off = len(adj_idx) + len(img_idx)
-        for j, (v, _) in enumerate(L.accs):
-            self.adj[v] = res[off + j]
 
     # -- branches ---------------------------------------------------------------------
     def reverse_if(self, op: Op) -> None:
         ad, b = self.ad, self.b
         k_adj = [k for k, r in enumerate(op.results) if self.adj.get(r) is not None]
         k_img = [k for k, r in enumerate(op.results) if r in self.images]
-        if not k_adj and not k_img:
+        if not k_adj and not k_img and not ad.pushes_adjoints(op):
             return
         cond = self.primal(op.operands[0])
         branches = []
@@ -741,6 +773,12 @@ class ReverseAD:
         body = Region(params + cts)
         self.b = Builder(body, func.loc)
         self.vmap.update(zip(func.params, params))
+        self.param_dims = {}
+        for p in func.params:
+            for ax, d in enumerate(getattr(p.type, "shape", ())):
+                if isinstance(d, T.Sym) and len(d.terms) == 1 and d.terms[0][1] == 1 \
+                        and d.const == 0:
+                    self.param_dims.setdefault(d.terms[0][0], (p, ax))
         self.fw = Forward(self, self.track)
         self.fw.copy_ops(func.body, body, func.body.ops[:-1])
         F = Ctx(self, func.body, None, body, body)
@@ -766,9 +804,15 @@ class ReverseAD:
         return Func(name, body, rtypes, func.loc, {}, pnames, True, func.filename)
 
     # -- tapes -------------------------------------------------------------------------
+    def pushes_adjoints(self, op: Op) -> bool:
+        """Whether ``op`` (a loop or if of a reverse-mode input) pushes onto a tape whose
+        adjoints the reverse sweep has collected."""
+        return bool(self.adj_tapes) and any(
+            o.name == "tape_push" and o.operands[0] in self.adj_tapes for o in op.walk())
+
     def new_tape(self, t) -> Value:
         v = Value(T.Tape(t), "tape")
-        self.tapes.append(Op("tape_new", [], [v], {}))
+        self.tapes.append(Op("tape_new", [], [v], {}, loc=self.b.loc))
         return v
 
     def adjoint_tape(self, t: Value) -> Value:
@@ -783,7 +827,8 @@ class ReverseAD:
             op.parent = body
         body.ops[0:0] = self.tapes
         for region, fv, tape in self.pushes:
-            push = Op("tape_push", [tape, fv], [], {}, loc=getattr(fv.owner, "loc", None))
+            loc = fv.owner.loc if isinstance(fv.owner, Op) else getattr(region.parent, "loc", None)
+            push = Op("tape_push", [tape, fv], [], {}, loc=loc)
             push.parent = region
             o = fv.owner
             if isinstance(o, Op) and o.parent is region:
