@@ -161,9 +161,6 @@ def _cmd_ir(dp, args) -> int:
     for n in names:
         _func(mod, n, args.file)
     out = []
-    for flag, fn in (("smooth", "smooth"), ("grad", "grad"), ("jvp", "jvp")):
-        if getattr(args, flag) and not hasattr(dp, fn):
-            raise UserError(f"--{flag} is not available yet (dp.{fn} is not implemented)")
     for n in names:
         f = getattr(mod, n)
         if args.smooth:

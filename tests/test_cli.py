@@ -104,3 +104,14 @@ def test_installed_command(tmp_path):
     r = subprocess.run(exe + ["run", DTW, "dtw", "[[0, 1], [1, 0]]"], capture_output=True,
                        text=True)
     assert r.returncode == 0 and float(r.stdout) == 0.0
+
+
+def test_ir_of_derivatives(capsys):
+    code, out, err = run(capsys, "ir", DTW, "dtw", "--grad")
+    assert code == 0 and out.startswith("func grad_dtw_0(D: f64[n, m]) -> f64[n, m] {")
+    assert "tape_pop" in out and "# dtw.dp:7" in out
+    code, out, err = run(capsys, "ir", DTW, "dtw", "--jvp")
+    assert code == 0 and out.startswith("func jvp_dtw_0(D: f64[n, m], d_D: f64[n, m])")
+    # the gradient of a function without a float scalar result is a user error
+    code, out, err = run(capsys, "ir", VIT, "viterbi_path", "--grad")
+    assert code == 1 and "one float scalar result" in err and "Traceback" not in err
