@@ -12,6 +12,5 @@ from dplang.api import (load, compile, jvp, vjp, grad, value_and_grad, hvp, smoo
                         Module, Function)
 from dplang.jit import jit, JitFunction  # noqa: F401
 from dplang.eager import argmin  # noqa: F401  (the reduction, or the API's @argmin(obj))
-from dplang.api import smooth  # noqa: F401
 
 __version__ = "0.1.0"

@@ -81,7 +81,15 @@ class ModuleCtx:
     def signature(self, fref: FuncRef, arg_types, node, final=False) -> SigInfo:
         if fref.transforms:
             from dplang.dsl.builtins import transformed_signature
-            base = self.signature(FuncRef(fref.key, fref.name), None, node)
+            base_types = None
+            if arg_types is not None and self.loader.jit_mode:
+                # a jitted callee without annotations: every transformation keeps the
+                # primals first, so the base is specialised on the leading arguments
+                nparams = len(self.loader.defs[fref.key][1].params)
+                base_types = list(arg_types[:nparams])
+            base = self.signature(FuncRef(fref.key, fref.name), base_types, node)
+            if base.param_types is None:
+                return _deferred_transformed(base, fref)
             return transformed_signature(base, fref, node)
         return self.loader.signature(fref.key, arg_types, node)
 
@@ -97,6 +105,7 @@ class Loader:
         self.in_progress: list = []
         self.jit_mode = jit_mode
         self.specs: dict = {}                       # (key, types) -> specialised key
+        self.spec_base: dict = {}                   # specialised key -> key
 
     # -- modules --------------------------------------------------------------
     def load_source(self, source: str, filename: str, prefix: str = "",
@@ -238,9 +247,12 @@ class Loader:
         if annotated:
             lw = self.lower_key(key, None, node)
         else:
-            if arg_types is None:
-                raise DPTypeError(f"'{f.name}' has no type annotations, so it cannot be "
-                                  f"transformed before it is called", node.loc)
+            pnames = [p.name for p in f.params]
+            if arg_types is None or len(arg_types) != len(f.params):
+                # jit: the types come from the call (a transformation of an unannotated
+                # function is resolved when it is called; keyword arguments are bound first)
+                return SigInfo(key, pnames, None if arg_types is None else [None] * len(pnames),
+                               None, False, set(), param_types_needed=True)
             lw = self.lower_specialised(key, arg_types, node)
         fn = lw.func
         return SigInfo(fn.name, fn.param_names, [v.type for v in fn.params],
@@ -262,16 +274,21 @@ class Loader:
         return lw
 
     def lower_specialised(self, key, arg_types, node) -> FunctionLowerer:
-        sig = tuple(_generalise(t) for t in arg_types)
+        ctx, f = self.defs[key]
+        sig = _spec_types(f, arg_types)
         k = (key, sig)
+        recursion = f"recursion is not allowed ('{f.name}' calls itself, directly or " \
+                    f"through other functions)"
         if k in self.specs:
+            if self.specs[k] not in self.lowered:
+                raise DPTypeError(recursion, node.loc if node else None)
             return self.lowered[self.specs[k]]
+        if any(self.spec_base.get(kk, kk) == key for kk in self.in_progress):
+            raise DPTypeError(recursion, node.loc if node else None)
         n = sum(1 for kk in self.specs if kk[0] == key)
         skey = key if n == 0 else f"{key}__{n}"
         self.specs[k] = skey
-        ctx, f = self.defs[key]
-        if skey in self.in_progress or key in self.in_progress:
-            raise DPTypeError("recursion is not allowed", node.loc if node else None)
+        self.spec_base[skey] = key
         self.in_progress.append(skey)
         try:
             lw = self._lower(ctx, f, skey, list(sig))
@@ -311,12 +328,72 @@ class Loader:
                     self.check_smoothable(callee, seen)
 
 
-def _generalise(t):
-    """Specialisation key of an argument type: dtype and rank (sizes vary per call)."""
+def _generalise(t, names=None):
+    """Specialisation key of an argument type: dtype and rank (sizes vary per call).
+    ``names`` gives the dimension names (one per axis); ``d0, d1, ...`` otherwise."""
     if isinstance(t, T.Array):
-        return T.Array(t.dtype, tuple(T.Sym.name(f"d{k}") if not isinstance(d, int) or True
-                                      else d for k, d in enumerate(t.shape)))
+        return T.Array(t.dtype, tuple(T.Sym.name(names[k] if names else f"d{k}")
+                                      for k in range(t.ndim)))
     return t
+
+
+def _spec_types(f: A.FuncDef, arg_types) -> tuple:
+    """The parameter types of a specialisation of an unannotated (jit) function: an
+    annotated parameter keeps its annotation; the others take the argument's dtype and
+    rank, with fresh dimension names ``x_dim0, x_dim1, ...`` for parameter ``x`` (renamed when a
+    name of the function already uses them), so sizes are free and independent."""
+    used = {p.name for p in f.params} | _names_in(f.body) | \
+        _names_in([p.annotation for p in f.params if p.annotation is not None])
+    out = []
+    for p, t in zip(f.params, arg_types):
+        if p.annotation is not None:
+            out.append(annotation_type(p.annotation, f"parameter '{p.name}'", allow_tuple=False))
+            continue
+        names = None
+        if isinstance(t, T.Array):
+            names = []
+            for k in range(t.ndim):
+                nm = f"{p.name}_dim{k}"
+                while nm in used:
+                    nm += "_"
+                used.add(nm)
+                names.append(nm)
+        out.append(_generalise(t, names))
+    return tuple(out)
+
+
+def _names_in(stmts) -> set:
+    """Every name a list of statements mentions (read, assigned or a loop variable)."""
+    out = set()
+
+    def walk(x):
+        if isinstance(x, A.Name):
+            out.add(x.id)
+        if isinstance(x, A.For):
+            out.add(x.var)
+        if isinstance(x, A.Node):
+            for k, v in vars(x).items():
+                if k == "loc":
+                    continue
+                if isinstance(v, (A.Node, list)):
+                    walk(v)
+        elif isinstance(x, list):
+            for y in x:
+                walk(y)
+    walk(stmts)
+    return out
+
+
+def _deferred_transformed(base: SigInfo, fref) -> SigInfo:
+    """The signature of a transformation of a jit function whose types are not known yet
+    (``grad(f)`` before it is called): parameter names only."""
+    names = list(base.param_names)
+    for kind, (idx, _) in fref.transforms:
+        if kind == "jvp":
+            names = names + [f"d_{names[k]}" for k in idx]
+        elif kind == "vjp":
+            names = names + ["d_out"]
+    return SigInfo(base.key, names, None, None, False, set(), param_types_needed=True)
 
 
 def _calls(stmts):
@@ -454,9 +531,12 @@ def _implicit_decorator(kind, d, args, kws, func, ctx, loader) -> dict:
     xt = func.result_types[0]
     sig = loader.signature(key, None, args[0])
     want = 1 + len(func.params)
-    if len(sig.param_types) != want:
+    if sig.param_types is None and len(sig.param_names) == want:
+        # a jitted function without annotations: specialised on (x, *theta)
+        sig = loader.signature(key, [xt] + [v.type for v in func.params], args[0])
+    if len(sig.param_names) != want:
         raise DPTypeError(f"@{kind}: '{fname}' must take (x, {', '.join(func.param_names)}): "
-                          f"{want} parameter(s), it takes {len(sig.param_types)}", args[0].loc)
+                          f"{want} parameter(s), it takes {len(sig.param_names)}", args[0].loc)
     if sig.param_types[0].dtype != xt.dtype or getattr(sig.param_types[0], "ndim", 0) != \
             getattr(xt, "ndim", 0):
         raise DPTypeError(f"@{kind}: the first parameter of '{fname}' is {sig.param_types[0]} "
