@@ -52,6 +52,7 @@ class Module:
         self._filename = filename
         self._backend = backend
         self._funcs: dict = {}
+        self._stages: dict = {}     # stage -> program (the pipeline runs once per module)
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -79,7 +80,9 @@ class Module:
             raise ValueError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
         if stage == "parsed":
             raise ValueError("the 'parsed' stage is shown per function: f.ir('parsed')")
-        return run_pipeline(self._program, until=stage)[stage]
+        if stage not in self._stages:
+            self._stages.update(run_pipeline(self._program, until=stage))
+        return self._stages[stage]
 
 
 class Function:
