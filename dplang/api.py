@@ -128,7 +128,7 @@ class Function:
             return unparse_function(ctx_f)
         from dplang.ir.printer import print_func
         prog = self.module._stage_program(stage)
-        return print_func(prog.funcs[self.key])
+        return "\n".join(print_func(prog.funcs[k]) for k in _with_derived(prog, self.key))
 
     def dot(self, stage: str = "ssa") -> str:
         from dplang.ir.dot import func_to_dot
@@ -142,6 +142,24 @@ class Function:
         import importlib
         mod = importlib.import_module(f"dplang.backends.{backend}")
         return mod.source(self.module._stage_program("optimized"), self.key)
+
+
+DERIVED = ("smooth.", "grad_", "jvp_", "vjp_", "value_and_grad_")
+
+
+def _with_derived(prog, key) -> list:
+    """``key`` and the functions the passes made for it that it reaches (smoothed clones
+    of its callees, materialised derivatives), in call order."""
+    out, todo = [key], [key]
+    while todo:
+        f = prog.funcs[todo.pop()]
+        for op in f.walk():
+            if op.name == "call":
+                k = prog.exports.get(op.attrs["callee"], op.attrs["callee"])
+                if k not in out and k.startswith(DERIVED) and k in prog.funcs:
+                    out.append(k)
+                    todo.append(k)
+    return out
 
 
 # ----------------------------------------------------------------- conversions
@@ -256,7 +274,8 @@ class Derived(Function):
 
     def ir(self, stage: str = "ad") -> str:
         from dplang.ir.printer import print_func
-        return print_func(self.func)
+        return "\n".join(print_func(self.program.funcs[k])
+                         for k in _with_derived(self.program, self.key))
 
     def dot(self, stage: str = "ad") -> str:
         from dplang.ir.dot import func_to_dot
