@@ -36,7 +36,8 @@ from dplang.ir.primitives import REGISTRY, TypeRuleError, defprim
 from dplang.ir.primitives.reductions import (dtype_of, need_scalar, norm_axes, numeric,
                                              out, promote_all, reduced_shape)
 from dplang.ir.primitives.rules import (INF, ZERO, add_all, array, axes_of, finite, finite_or_zero,
-                                        rules, sargmax, sargmin, spread, where, xlogy0)
+                                        rules, sargmax, sargmin, spread, where, xlogy0,
+                                        eq, exp)
 
 REGS = ("entropy", "l2")
 
@@ -386,9 +387,36 @@ def soft_choice(xs, gamma, z, reg, sign):
     """For smax (sign 1) / smin (-1) of the operands ``xs`` taken pairwise (elementwise,
     broadcast to z's shape): the weight of each operand (its partial derivative) and
     d/d gamma.  The operands are stacked along a new axis 0 and sargmax'ed along it."""
+    if reg == "entropy" and all(not isinstance(x.type, T.Array) for x in list(xs) + [z]):
+        return _scalar_entropy_choice(xs, gamma, z, sign)
     v = array(*[spread(x.astype(z.dtype), z) for x in xs])
     q = (sargmax if sign > 0 else sargmin)(v, gamma, reg=reg, axis=0)
     return [q[k] for k in range(len(xs))], _smax_dgamma(q, reg, (0,), sign)
+
+
+def _scalar_entropy_choice(xs, gamma, z, sign):
+    """``soft_choice`` for scalars under entropy, in scalar arithmetic (no arrays, so a
+    DP cell's reverse step allocates nothing): w_k = exp(sign (x_k - z) / gamma), which is
+    0 for the entries at -sign*inf; when z itself is infinite the weight is spread
+    uniformly over the entries equal to it (as sargmax does)."""
+    xs = [x.astype(z.dtype) for x in xs]
+    fin = finite(z)
+    zf = where(fin, z, 0)
+    ties = [eq(x, z).astype(z.dtype) for x in xs]
+    count = add_all(ties)
+    count = where(count > 0, count, 1)
+    # every branch finite (no inf - inf, no 0 / 0), so derivatives of any order are too
+    w = []
+    for x, t in zip(xs, ties):
+        fx = finite(x)
+        e = exp((where(fx, x, zf) - zf) * sign / gamma)
+        w.append(where(fin, where(fx, e, 0), t / count))
+    # d/d gamma (the entropy of the weights) needs log-weights computed from shifted
+    # entries to stay exact near one-hot weights: the array route, emitted (and kept by
+    # the AD passes) only when gamma itself is differentiated
+    v = array(*xs)
+    q = (sargmax if sign > 0 else sargmin)(v, gamma, reg="entropy", axis=0)
+    return w, _smax_dgamma(q, "entropy", (0,), sign)
 
 
 def _smaxn_rules(name, sign):
