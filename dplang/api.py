@@ -141,7 +141,8 @@ class Function:
             raise DPError("the interp backend generates no source; use backend='cpu'")
         import importlib
         mod = importlib.import_module(f"dplang.backends.{backend}")
-        return mod.source(self.module._stage_program("optimized"), self.key)
+        prog = getattr(self, "program", None) or self.module._stage_program("optimized")
+        return mod.source(prog, self.key)
 
 
 DERIVED = ("smooth.", "grad_", "jvp_", "vjp_", "value_and_grad_")

@@ -40,7 +40,8 @@ STRUCTURAL = ("const", "for", "while", "if", "call", "yield", "return", "assert"
 # ``undef``:  no operands, one result: a placeholder of its type on paths that never
 #             read it (the return value before a ``return`` ran).
 # Tapes (emitted by reverse mode only; ops with effects, never removed or merged):
-# ``tape_new``:  no operands, one result of type ``Tape(elem)``: an empty stack.
+# ``tape_new``:  an optional capacity (i64: at most that many values are pushed), one
+#                result of type ``Tape(elem)``: an empty stack.
 # ``tape_push``: operands (tape, v), no results: pushes (a copy of) v.
 # ``tape_pop``:  operand (tape,), one result of the tape's element type: pops the last
 #                value pushed.  Each tape holds one value of the primal per iteration

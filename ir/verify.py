@@ -174,8 +174,11 @@ class _Verifier:
 
     def op_tape_new(self, op: Op) -> None:
         self._nreg(op, 0)
-        if op.operands or len(op.results) != 1 or not isinstance(op.results[0].type, T.Tape):
-            self.fail("tape_new takes no operands and has one tape result", op)
+        if len(op.operands) > 1 or len(op.results) != 1 \
+                or not isinstance(op.results[0].type, T.Tape):
+            self.fail("tape_new takes an optional capacity and has one tape result", op)
+        self._types("tape_new capacity", [v.type for v in op.operands],
+                    [T.I64] * len(op.operands), op)
 
     def op_tape_push(self, op: Op) -> None:
         self._nreg(op, 0)

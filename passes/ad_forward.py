@@ -92,8 +92,8 @@ class ForwardAD:
     def op_tape_new(self, b, op, vmap, tmap):
         new = self.copy_op(b, op, vmap)
         if op.results[0] in self.active_tapes:
-            tmap[op.results[0]] = b.op("tape_new", [], [new.results[0].type], {},
-                                       hints=["d_tape"]).result
+            tmap[op.results[0]] = b.op("tape_new", list(new.operands), [new.results[0].type],
+                                       {}, hints=["d_tape"]).result
 
     def op_tape_push(self, b, op, vmap, tmap):
         self.copy_op(b, op, vmap)

@@ -724,6 +724,35 @@ def _dhint(v: Value) -> str:
     return "d_" + (v.hint or "v")
 
 
+def _loop_nest(body: Region, region: Region):
+    """(the op of ``body`` that encloses ``region``, the ``for`` loops around ``region``)
+    when every loop around it is a ``for`` whose bounds are defined in ``body``; None
+    otherwise (a ``while``, or bounds computed inside the nest)."""
+    loops, outer, r = [], None, region
+    while r is not body:
+        op = r.parent
+        if not isinstance(op, Op) or op.name == "while":
+            return None
+        if op.name == "for":
+            loops.append(op)
+        outer, r = op, op.parent
+    for lp in loops:
+        for v in lp.operands[:3]:
+            o = v.owner
+            if not (o is body or (isinstance(o, Op) and o.parent is body)):
+                return None
+    return (outer, loops) if outer is not None else None
+
+
+def _trip_count(b: Builder, lo, hi, step):
+    so = step.owner
+    if isinstance(so, Op) and so.name == "const" and so.attrs["value"] == 1:
+        return b.prim("maximum", b.prim("sub", hi, lo), b.const(0))
+    sgn = b.prim("where", b.prim("gt", step, b.const(0)), b.const(1), b.const(-1))
+    span = b.prim("sub", b.prim("add", b.prim("sub", hi, lo), step), sgn)
+    return b.prim("maximum", b.prim("floordiv", span, step), b.const(0))
+
+
 def _reverse_range(b: Builder, lo, hi, step):
     """(last, stop, -step) such that range(last, stop, -step) visits range(lo, hi, step)
     backwards."""
@@ -822,10 +851,30 @@ class ReverseAD:
 
     def _patch(self, body: Region) -> None:
         """Insert the tapes at the top of the body and each push right after the forward
-        value it saves."""
+        value it saves; a tape pushed to inside ``for`` loops whose bounds are known
+        before the outermost one is created right before it, with its capacity (the
+        product of the trip counts) as operand, so that backends allocate it once."""
         for op in self.tapes:
             op.parent = body
         body.ops[0:0] = self.tapes
+        tape_op = {op.results[0]: op for op in self.tapes}
+        for region, fv, tape in self.pushes:
+            nest = _loop_nest(body, region)
+            if nest is None:
+                continue
+            outer, loops = nest
+            op = tape_op[tape]
+            tmp = Region()
+            b = Builder(tmp, op.loc)
+            cap = b.const(1)
+            for lp in loops:
+                cap = b.prim("mul", cap, _trip_count(b, *lp.operands[:3]))
+            op.operands = [cap]
+            body.ops.remove(op)
+            pos = body.ops.index(outer)
+            for o in tmp.ops + [op]:
+                o.parent = body
+            body.ops[pos:pos] = tmp.ops + [op]
         for region, fv, tape in self.pushes:
             loc = fv.owner.loc if isinstance(fv.owner, Op) else getattr(region.parent, "loc", None)
             push = Op("tape_push", [tape, fv], [], {}, loc=loc)

@@ -293,12 +293,20 @@ def _call(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
         env[r] = v
 
 
+class _Tape(list):
+    __slots__ = ("capacity",)
+
+
 def _tape_new(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
-    env[op.results[0]] = []
+    t = _Tape()
+    t.capacity = int(env[op.operands[0]]) if op.operands else None
+    env[op.results[0]] = t
 
 
 def _tape_push(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
     tape = env[op.operands[0]]
+    if tape.capacity is not None and len(tape) >= tape.capacity:
+        raise DPInternalError(f"tape_push beyond the tape's capacity {tape.capacity}", op.loc)
     tape.append(_copy(env[op.operands[1]]))
     run.tape_pushes += 1
     run.tape_size += 1
