@@ -1,0 +1,805 @@
+"""Run-time helpers of the CPU backend: small ``numba.njit`` functions that generated code
+calls where Numba has no NumPy function with the interpreter's exact semantics.
+
+Every helper is a top-level function named ``rt_*``, decorated with ``@jit`` and using
+only ``np``, ``math`` and other ``rt_*`` helpers, so that ``dplang compile`` can paste the
+ones a module needs into a standalone file (``backends/cpu/codegen.py`` reads this file's
+source for that).  They mirror the NumPy reference implementations of the primitives
+(``ir/primitives/``) operation for operation, so that float64 results agree with the
+interpreter to rounding, and most often bit for bit:
+
+* sums use NumPy's pairwise summation (``rt_psum``) along a contiguous row, and a
+  sequential sum along other axes, as NumPy's reductions do;
+* ``max``/``min`` propagate NaN; ``argmax``/``argmin`` return the first maximiser (a NaN
+  counts as the maximum, as in NumPy);
+* the soft operators follow ``ir/primitives/soft.py`` (max-shifted, ``-inf`` entries
+  weigh 0, a row whose maximum is infinite spreads its weight over the entries equal to
+  it).
+
+Reductions work on a 2-D C-contiguous array: ``rt_rows_*`` reduce each row (the last
+axis), ``rt_cols_*`` each column (the first axis); generated code moves the reduced axes
+there first.  Failures raise ``ValueError`` (the caller turns them into located errors).
+"""
+import math
+
+import numba
+import numpy as np
+
+jit = numba.njit(cache=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------- scalars
+@jit
+def rt_max2(a, b):
+    """NumPy's max of two scalars: NaN if either is NaN, else the larger (a on ties)."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a >= b else b
+
+
+@jit
+def rt_min2(a, b):
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a <= b else b
+
+
+@jit
+def rt_sigmoid_s(x):
+    ex = math.exp(-abs(x))
+    if x >= 0:
+        return 1.0 / (1.0 + ex)
+    return ex / (1.0 + ex)
+
+
+@jit
+def rt_sigmoid_a(x):
+    out = np.empty(x.shape, np.float64)
+    xf = x.ravel()
+    of = out.reshape(-1)
+    for k in range(xf.size):
+        of[k] = rt_sigmoid_s(xf[k])
+    return out
+
+
+@jit
+def rt_softplus_s(x):
+    return (x if x > 0.0 else (x if x != x else 0.0)) + math.log1p(math.exp(-abs(x)))
+
+
+@jit
+def rt_softplus_a(x):
+    out = np.empty(x.shape, np.float64)
+    xf = x.ravel()
+    of = out.reshape(-1)
+    for k in range(xf.size):
+        v = xf[k]
+        of[k] = (v if v > 0.0 else (v if v != v else 0.0)) + math.log1p(math.exp(-abs(v)))
+    return out
+
+
+# ---------------------------------------------------------------- 1-D reductions
+@jit
+def rt_pwblock(a, lo, n):
+    """NumPy's pairwise sum of a block ``a[lo:lo + n]``, ``n <= 128``: sequential below
+    8 entries, else 8 accumulators."""
+    if n < 8:
+        res = a[lo] * 0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0 = a[lo]
+    r1 = a[lo + 1]
+    r2 = a[lo + 2]
+    r3 = a[lo + 3]
+    r4 = a[lo + 4]
+    r5 = a[lo + 5]
+    r6 = a[lo + 6]
+    r7 = a[lo + 7]
+    i = 8
+    top = n - (n % 8)
+    while i < top:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@jit
+def rt_pw(a, lo, n):
+    """NumPy's pairwise sum of ``a[lo:lo + n]``: blocks of at most 128 entries, split in
+    halves (multiples of 8) above that.  The recursion runs on an explicit stack (Numba
+    cannot cache recursive functions)."""
+    if n <= 128:
+        return rt_pwblock(a, lo, n)
+    f_lo = np.empty(128, np.int64)
+    f_n = np.empty(128, np.int64)
+    f_state = np.zeros(128, np.int64)
+    f_left = np.empty(128, a.dtype)
+    sp = 0
+    f_lo[0] = lo
+    f_n[0] = n
+    while True:
+        if f_n[sp] <= 128:
+            ret = rt_pwblock(a, f_lo[sp], f_n[sp])
+            while True:
+                if sp == 0:
+                    return ret
+                sp -= 1
+                if f_state[sp] == 0:
+                    f_left[sp] = ret
+                    f_state[sp] = 1
+                    h = f_n[sp] // 2
+                    h -= h % 8
+                    sp += 1
+                    f_lo[sp] = f_lo[sp - 1] + h
+                    f_n[sp] = f_n[sp - 1] - h
+                    f_state[sp] = 0
+                    break
+                ret = f_left[sp] + ret
+        else:
+            h = f_n[sp] // 2
+            h -= h % 8
+            f_state[sp] = 0
+            sp += 1
+            f_lo[sp] = f_lo[sp - 1]
+            f_n[sp] = h
+            f_state[sp] = 0
+
+
+@jit
+def rt_psum(a):
+    """Sum of a 1-D array as NumPy computes it (pairwise for floats)."""
+    if a.size == 0:
+        return np.zeros(1, a.dtype)[0]
+    return rt_pw(a, 0, a.size)
+
+
+@jit
+def rt_prod1(a):
+    res = np.ones(1, a.dtype)[0]
+    for i in range(a.size):
+        res *= a[i]
+    return res
+
+
+@jit
+def rt_max1(a):
+    if a.size == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    m = a[0]
+    for i in range(1, a.size):
+        v = a[i]
+        if m != m:
+            return m
+        if v != v or v > m:
+            m = v
+    return m
+
+
+@jit
+def rt_min1(a):
+    if a.size == 0:
+        raise ValueError("zero-size array to reduction operation minimum which has no identity")
+    m = a[0]
+    for i in range(1, a.size):
+        v = a[i]
+        if m != m:
+            return m
+        if v != v or v < m:
+            m = v
+    return m
+
+
+@jit
+def rt_argmax1(a):
+    if a.size == 0:
+        raise ValueError("attempt to get argmax of an empty sequence")
+    k = 0
+    m = a[0]
+    if m != m:
+        return 0
+    for i in range(1, a.size):
+        v = a[i]
+        if v != v:
+            return i
+        if v > m:
+            m = v
+            k = i
+    return k
+
+
+@jit
+def rt_argmin1(a):
+    if a.size == 0:
+        raise ValueError("attempt to get argmin of an empty sequence")
+    k = 0
+    m = a[0]
+    if m != m:
+        return 0
+    for i in range(1, a.size):
+        v = a[i]
+        if v != v:
+            return i
+        if v < m:
+            m = v
+            k = i
+    return k
+
+
+@jit
+def rt_lse1(a):
+    """Stable log(sum(exp(a))): exact at -inf and +inf entries."""
+    m = rt_max1(a)
+    if not np.isfinite(m):
+        return m
+    e = np.empty(a.size, a.dtype)
+    for i in range(a.size):
+        e[i] = math.exp(a[i] - m)
+    return math.log(rt_psum(e)) + m
+
+
+@jit
+def rt_norm1(a):
+    sq = np.empty(a.size, a.dtype)
+    for i in range(a.size):
+        sq[i] = a[i] * a[i]
+    return math.sqrt(rt_psum(sq))
+
+
+# ---------------------------------------------------------------- row / column reductions
+@jit
+def rt_rows_sum(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_psum(z[r])
+    return out
+
+
+@jit
+def rt_rows_prod(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_prod1(z[r])
+    return out
+
+
+@jit
+def rt_rows_max(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_max1(z[r])
+    return out
+
+
+@jit
+def rt_rows_min(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_min1(z[r])
+    return out
+
+
+@jit
+def rt_rows_argmax(z):
+    out = np.empty(z.shape[0], np.int64)
+    for r in range(z.shape[0]):
+        out[r] = rt_argmax1(z[r])
+    return out
+
+
+@jit
+def rt_rows_argmin(z):
+    out = np.empty(z.shape[0], np.int64)
+    for r in range(z.shape[0]):
+        out[r] = rt_argmin1(z[r])
+    return out
+
+
+@jit
+def rt_rows_lse(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_lse1(z[r])
+    return out
+
+
+@jit
+def rt_rows_norm(z):
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_norm1(z[r])
+    return out
+
+
+@jit
+def rt_cols_sum(z):
+    out = np.zeros(z.shape[1], z.dtype)
+    for k in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            out[c] += z[k, c]
+    return out
+
+
+@jit
+def rt_cols_prod(z):
+    out = np.ones(z.shape[1], z.dtype)
+    for k in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            out[c] *= z[k, c]
+    return out
+
+
+@jit
+def rt_cols_max(z):
+    if z.shape[0] == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    out = z[0].copy()
+    for k in range(1, z.shape[0]):
+        for c in range(z.shape[1]):
+            m = out[c]
+            v = z[k, c]
+            if m == m and (v != v or v > m):
+                out[c] = v
+    return out
+
+
+@jit
+def rt_cols_min(z):
+    if z.shape[0] == 0:
+        raise ValueError("zero-size array to reduction operation minimum which has no identity")
+    out = z[0].copy()
+    for k in range(1, z.shape[0]):
+        for c in range(z.shape[1]):
+            m = out[c]
+            v = z[k, c]
+            if m == m and (v != v or v < m):
+                out[c] = v
+    return out
+
+
+@jit
+def rt_cols_argmax(z):
+    out = np.empty(z.shape[1], np.int64)
+    for c in range(z.shape[1]):
+        out[c] = rt_argmax1(z[:, c].copy())
+    return out
+
+
+@jit
+def rt_cols_argmin(z):
+    out = np.empty(z.shape[1], np.int64)
+    for c in range(z.shape[1]):
+        out[c] = rt_argmin1(z[:, c].copy())
+    return out
+
+
+@jit
+def rt_cols_lse(z):
+    m = rt_cols_max(z)
+    out = np.zeros(z.shape[1], z.dtype)
+    for k in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            shift = m[c] if np.isfinite(m[c]) else 0.0
+            out[c] += math.exp(z[k, c] - shift)
+    for c in range(z.shape[1]):
+        if np.isfinite(m[c]):
+            out[c] = math.log(out[c]) + m[c]
+        else:
+            out[c] = m[c]
+    return out
+
+
+@jit
+def rt_cols_norm(z):
+    out = np.zeros(z.shape[1], z.dtype)
+    for k in range(z.shape[0]):
+        for c in range(z.shape[1]):
+            out[c] += z[k, c] * z[k, c]
+    for c in range(z.shape[1]):
+        out[c] = math.sqrt(out[c])
+    return out
+
+
+@jit
+def rt_sum_into(x, out):
+    """Add every entry of ``x`` into ``out`` (same rank; an axis of size 1 in ``out``
+    collects the whole axis of ``x``): the reverse of broadcasting, in C order."""
+    xs = x.shape
+    os = out.shape
+    nd = x.ndim
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1)
+    for f in range(xf.size):
+        rem = f
+        o = 0
+        stride = 1
+        for k in range(nd - 1, -1, -1):
+            ik = rem % xs[k]
+            rem = rem // xs[k]
+            if os[k] != 1:
+                o += ik * stride
+            stride *= os[k]
+        of[o] += xf[f]
+    return out
+
+
+# ---------------------------------------------------------------- elementwise on arrays
+@jit
+def rt_maximum_a(x, y):
+    return np.maximum(x, y)
+
+
+@jit
+def rt_grow(buf):
+    """A tape buffer twice as long, holding the entries of ``buf``."""
+    out = np.empty(2 * buf.shape[0] + 1, buf.dtype)
+    out[:buf.shape[0]] = buf
+    return out
+
+
+# ---------------------------------------------------------------- linear algebra
+@jit
+def rt_mm22(a, b):
+    n, k = a.shape
+    m = b.shape[1]
+    if b.shape[0] != k:
+        raise ValueError("matmul: inner dimensions differ")
+    out = np.zeros((n, m), a.dtype)
+    for i in range(n):
+        for p in range(k):
+            aip = a[i, p]
+            for j in range(m):
+                out[i, j] += aip * b[p, j]
+    return out
+
+
+@jit
+def rt_mm21(a, v):
+    n, k = a.shape
+    if v.shape[0] != k:
+        raise ValueError("matmul: inner dimensions differ")
+    out = np.zeros(n, a.dtype)
+    for i in range(n):
+        s = out[i]
+        for p in range(k):
+            s += a[i, p] * v[p]
+        out[i] = s
+    return out
+
+
+@jit
+def rt_mm12(v, b):
+    k, m = b.shape
+    if v.shape[0] != k:
+        raise ValueError("matmul: inner dimensions differ")
+    out = np.zeros(m, b.dtype)
+    for p in range(k):
+        vp = v[p]
+        for j in range(m):
+            out[j] += vp * b[p, j]
+    return out
+
+
+@jit
+def rt_mm11(u, v):
+    if u.shape[0] != v.shape[0]:
+        raise ValueError("matmul: inner dimensions differ")
+    s = np.zeros(1, u.dtype)[0]
+    for p in range(u.shape[0]):
+        s += u[p] * v[p]
+    return s
+
+
+@jit
+def rt_mm33(a, b):
+    """Batched matmul of (B, n, k) and (B, k, m)."""
+    out = np.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    for t in range(a.shape[0]):
+        out[t] = rt_mm22(a[t], b[t])
+    return out
+
+
+@jit
+def rt_outer(a, b):
+    out = np.empty((a.size, b.size), a.dtype)
+    for i in range(a.size):
+        for j in range(b.size):
+            out[i, j] = a[i] * b[j]
+    return out
+
+
+@jit
+def rt_lu(A):
+    """LU factorisation with partial pivoting (first largest |pivot|, as LAPACK)."""
+    n = A.shape[0]
+    if A.shape[1] != n:
+        raise ValueError("solve: the matrix must be square")
+    LU = A.astype(np.float64)
+    piv = np.arange(n)
+    for j in range(n):
+        p = j
+        best = abs(LU[j, j])
+        for i in range(j + 1, n):
+            if abs(LU[i, j]) > best:
+                best = abs(LU[i, j])
+                p = i
+        if LU[p, j] == 0.0:
+            raise ValueError("Singular matrix")
+        if p != j:
+            for c in range(n):
+                t = LU[j, c]
+                LU[j, c] = LU[p, c]
+                LU[p, c] = t
+            t2 = piv[j]
+            piv[j] = piv[p]
+            piv[p] = t2
+        inv = 1.0 / LU[j, j]
+        for i in range(j + 1, n):
+            LU[i, j] *= inv
+        for i in range(j + 1, n):
+            lij = LU[i, j]
+            if lij != 0.0:
+                for c in range(j + 1, n):
+                    LU[i, c] -= lij * LU[j, c]
+    return LU, piv
+
+
+@jit
+def rt_solve2(A, B):
+    LU, piv = rt_lu(A)
+    n = LU.shape[0]
+    if B.shape[0] != n:
+        raise ValueError("solve: the right-hand side has the wrong number of rows")
+    m = B.shape[1]
+    X = np.empty((n, m), np.float64)
+    for i in range(n):
+        for c in range(m):
+            X[i, c] = B[piv[i], c]
+    for c in range(m):
+        for i in range(n):
+            s = X[i, c]
+            for p in range(i):
+                s -= LU[i, p] * X[p, c]
+            X[i, c] = s
+        for i in range(n - 1, -1, -1):
+            s = X[i, c]
+            for p in range(i + 1, n):
+                s -= LU[i, p] * X[p, c]
+            X[i, c] = s / LU[i, i]
+    return X
+
+
+@jit
+def rt_solve1(A, b):
+    return rt_solve2(A, b.reshape((b.shape[0], 1)).copy())[:, 0].copy()
+
+
+@jit
+def rt_trace(x):
+    k = min(x.shape[0], x.shape[1])
+    d = np.empty(k, x.dtype)
+    for i in range(k):
+        d[i] = x[i, i]
+    return rt_psum(d)
+
+
+@jit
+def rt_diag_from(v):
+    n = v.shape[0]
+    out = np.zeros((n, n), v.dtype)
+    for i in range(n):
+        out[i, i] = v[i]
+    return out
+
+
+@jit
+def rt_diag_of(a):
+    k = min(a.shape[0], a.shape[1])
+    out = np.empty(k, a.dtype)
+    for i in range(k):
+        out[i] = a[i, i]
+    return out
+
+
+# ---------------------------------------------------------------- constructors
+@jit
+def rt_linspace(start, stop, num):
+    """np.linspace(start, stop, num) for scalars, computed as NumPy does."""
+    if num < 0:
+        raise ValueError("Number of samples must be non-negative.")
+    start = float(start)
+    stop = float(stop)
+    y = np.arange(0, num).astype(np.float64)
+    div = num - 1
+    delta = stop - start
+    if div > 0:
+        step = delta / div
+        if step == 0:
+            y = y / div * delta
+        else:
+            y = y * step
+    else:
+        y = y * delta
+    y = y + start
+    if num > 1:
+        y[num - 1] = stop
+    return y
+
+
+# ---------------------------------------------------------------- soft operators
+@jit
+def rt_check_gamma(gamma):
+    if not gamma > 0:
+        raise ValueError("gamma must be positive")
+    return gamma
+
+
+@jit
+def rt_ties(z, m):
+    """Uniform weights over the entries equal to the (infinite) maximum m."""
+    q = np.zeros(z.size, np.float64)
+    cnt = 0
+    for i in range(z.size):
+        if z[i] == m:
+            cnt += 1
+    for i in range(z.size):
+        if z[i] == m:
+            q[i] = 1.0 / cnt if cnt > 0 else np.nan
+        elif cnt == 0:
+            q[i] = np.nan
+    return q
+
+
+@jit
+def rt_softmax1(z, gamma):
+    m = rt_max1(z)
+    if not np.isfinite(m):
+        return rt_ties(z, m)
+    e = np.empty(z.size, np.float64)
+    for i in range(z.size):
+        e[i] = math.exp((z[i] - m) / gamma)
+    s = rt_psum(e)
+    for i in range(z.size):
+        e[i] = e[i] / s
+    return e
+
+
+@jit
+def rt_sparsemax1(z, gamma):
+    K = z.size
+    m = rt_max1(z)
+    if not np.isfinite(m):
+        return rt_ties(z, m)
+    w = np.empty(K, np.float64)
+    for i in range(K):
+        w[i] = (z[i] - m) / gamma
+    ws = -np.sort(-w)
+    cs = np.empty(K, np.float64)
+    acc = 0.0
+    for i in range(K):
+        acc += ws[i]
+        cs[i] = acc
+    kz = 0
+    for i in range(K):
+        if 1.0 + (i + 1.0) * ws[i] > cs[i]:
+            kz = i + 1
+    if kz < 1:
+        kz = 1
+    tau = (cs[kz - 1] - 1.0) / kz
+    q = np.empty(K, np.float64)
+    for i in range(K):
+        d = w[i] - tau
+        q[i] = d if d > 0.0 else (d if d != d else 0.0)
+    return q
+
+
+@jit
+def rt_smax1(z, gamma, l2):
+    m = rt_max1(z)
+    if not np.isfinite(m):
+        return m
+    K = z.size
+    if not l2:
+        e = np.empty(K, np.float64)
+        for i in range(K):
+            e[i] = math.exp((z[i] - m) / gamma)
+        return m + gamma * math.log(rt_psum(e))
+    q = rt_sparsemax1(z, gamma)
+    lin = np.empty(K, np.float64)
+    sq = np.empty(K, np.float64)
+    for i in range(K):
+        lin[i] = q[i] * (z[i] - m) if q[i] > 0 else 0.0
+        sq[i] = q[i] * q[i]
+    return m + rt_psum(lin) - gamma / 2 * rt_psum(sq)
+
+
+@jit
+def rt_onehot1(z, pick_min):
+    q = np.zeros(z.size, np.float64)
+    if pick_min:
+        q[rt_argmin1(z)] = 1.0
+    else:
+        q[rt_argmax1(z)] = 1.0
+    return q
+
+
+@jit
+def rt_rows_softmax(z, gamma, l2):
+    """softmax (entropy) or sparsemax (l2) of each row of z / gamma."""
+    rt_check_gamma(gamma)
+    out = np.empty(z.shape, np.float64)
+    for r in range(z.shape[0]):
+        if l2:
+            out[r] = rt_sparsemax1(z[r], gamma)
+        else:
+            out[r] = rt_softmax1(z[r], gamma)
+    return out
+
+
+@jit
+def rt_rows_smax(z, gamma, l2):
+    rt_check_gamma(gamma)
+    out = np.empty(z.shape[0], np.float64)
+    for r in range(z.shape[0]):
+        out[r] = rt_smax1(z[r], gamma, l2)
+    return out
+
+
+@jit
+def rt_rows_onehot(z, pick_min):
+    out = np.empty(z.shape, np.float64)
+    for r in range(z.shape[0]):
+        out[r] = rt_onehot1(z[r], pick_min)
+    return out
+
+
+@jit
+def rt_smaxn(gamma, l2, sign, xs):
+    """sign * smax(sign * xs) of a tuple of scalars (smaxn: sign 1, sminn: sign -1)."""
+    rt_check_gamma(gamma)
+    n = len(xs)
+    if l2 or n >= 8:
+        z = np.empty(n, np.float64)
+        k = 0
+        for x in xs:
+            z[k] = sign * x
+            k += 1
+        return sign * rt_smax1(z, gamma, l2)
+    m = sign * xs[0]
+    for x in xs:
+        v = sign * x
+        if m == m and (v != v or v > m):
+            m = v
+    if not np.isfinite(m):
+        return sign * m
+    s = 0.0
+    for x in xs:
+        s += math.exp((sign * x - m) / gamma)
+    return sign * (m + gamma * math.log(s))
+
+
+@jit
+def rt_spair(x, y, gamma, l2, sign):
+    """Elementwise smax (sign 1) / smin (-1) of two broadcast arrays of one shape."""
+    out = np.empty(x.shape, np.float64)
+    xf = np.ascontiguousarray(x).reshape(-1)
+    yf = np.ascontiguousarray(y).reshape(-1)
+    of = out.reshape(-1)
+    for k in range(of.size):
+        of[k] = rt_smaxn(gamma, l2, sign, (xf[k], yf[k]))
+    return out

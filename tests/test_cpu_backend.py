@@ -1,0 +1,217 @@
+"""The CPU backend (backends/cpu): the generated source (readable, in place, mangled
+names), run-time errors located as the interpreter locates them, dtypes, and the
+objmode fallback for a primitive without a compiled form.
+
+Compiled code is cached on disk (the user's cache directory, or $DPLANG_CACHE), so a
+second run of this file compiles nothing."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+import dplang as dp
+from dplang.backends import cpu
+
+HERE = os.path.dirname(__file__)
+EX = os.path.join(HERE, "..", "examples")
+rng = np.random.default_rng(11)
+
+SRC = '''
+def f(v: f64[n], k: i64) -> f64:
+    assert k < n, "k is too large"
+    return v[k]
+
+def g(v: f64[n], k: i64) -> f64:
+    return v[k]
+
+def lin(A: f64[n, n], b: f64[n]) -> f64[n]:
+    return solve(A, b)
+
+def soft(v: f64[n], gamma: f64) -> f64:
+    return smax(v, gamma, "entropy")
+
+def np(x: f64) -> f64:
+    numba = x * 2.0
+    range = numba + 1.0
+    print = range * range
+    jit = print - 1.0
+    rt_psum = jit * 0.5
+    return rt_psum
+
+def len(x: f64[n]) -> f64:
+    math = sum(x)
+    return np(math)
+
+def pair(a: f64[n], b: f64[n]) -> f64:
+    return sum(a * b)
+
+def single(x: f32[n], y: f32) -> f32:
+    return sum(exp(x) * y) / y
+'''
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return (dp.compile(SRC, filename="cpu_errs.dp", backend="interp"),
+            dp.compile(SRC, filename="cpu_errs.dp", backend="cpu"))
+
+
+@pytest.fixture(scope="module")
+def dtw():
+    return dp.load(os.path.join(EX, "dtw.dp"), backend="cpu")
+
+
+def _loop_body(src: str, header: str) -> str:
+    """The lines of the ``for`` loop starting at the line containing ``header``."""
+    lines = src.splitlines()
+    k = next(i for i, ln in enumerate(lines) if header in ln)
+    ind = len(lines[k]) - len(lines[k].lstrip())
+    body = []
+    for ln in lines[k + 1:]:
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= ind:
+            break
+        body.append(ln)
+    return "\n".join(body)
+
+
+def test_dtw_source_is_readable_and_in_place(dtw):
+    src = dtw.dtw.source()
+    assert "@jit" in src and "def dtw(D):" in src
+    # every statement of the function carries its .dp line
+    body = src[src.index("def dtw(D):"):]
+    stmts = [ln for ln in body.splitlines()[2:] if ln.strip()]
+    assert stmts and all(re.search(r"# dtw\.dp:\d+$", ln) for ln in stmts)
+    assert "for i in range(1, " in src and "for j in range(1, " in src
+    # the DP table is written in place: no copy anywhere in the loop nest
+    loop = _loop_body(src, "for i in range(")
+    assert "R_3[i, j] = " in loop
+    assert "copy" not in loop and "np.array(" not in loop and "np.full" not in loop
+    assert src.count("np.full(") == 1           # the table is allocated once
+
+
+def test_dtw_matches_interpreter(dtw):
+    ref = dp.load(os.path.join(EX, "dtw.dp"), backend="interp")
+    D = rng.random((9, 7))
+    assert dtw.dtw(D) == pytest.approx(ref.dtw(D), rel=1e-14)
+    assert isinstance(dtw.dtw(D), float)
+
+
+def test_gradient_source_keeps_tables_in_place(dtw):
+    g = dp.grad(dtw.dtw)
+    src = cpu.source(g.program, g.key)
+    for header in ("for i in range(1, ", "for i_1 in range("):
+        loop = _loop_body(src, header)
+        assert ".copy()" not in loop, loop
+    D = rng.random((5, 6))
+    ref = dp.grad(dp.load(os.path.join(EX, "dtw.dp"), backend="interp").dtw)(D)
+    np.testing.assert_allclose(g(D), ref, rtol=1e-12)
+
+
+def test_user_names_cannot_collide_with_generated_code(mods):
+    mi, mc = mods
+    assert mc.np(2.0) == mi.np(2.0) == 12.0
+    v = rng.standard_normal(4)
+    assert mc.len(v) == pytest.approx(mi.len(v), rel=1e-14)
+    src = mc.len.source()
+    assert "def np_(x):" in src and "def len_(x):" in src
+    assert "numba_ = " in src and "range_ = " in src and "print_ = " in src
+    assert "jit_ = " in src and "rt_psum_ = " in src and "math_ = " in src
+    assert "import numpy as np\n" in src
+
+
+def test_located_runtime_errors_match_the_interpreter(mods):
+    mi, mc = mods
+    cases = [("f", (np.ones(3), 5)), ("g", (np.ones(3), 7)), ("g", (np.ones(3), -4)),
+             ("lin", (np.zeros((2, 2)), np.ones(2))), ("soft", (np.ones(3), -1.0)),
+             ("pair", (np.ones(3), np.ones(4)))]
+    for name, args in cases:
+        with pytest.raises(dp.DPError) as ei:
+            getattr(mi, name)(*args)
+        with pytest.raises(type(ei.value)) as ec:
+            getattr(mc, name)(*args)
+        assert str(ec.value) == str(ei.value)
+        assert str(ec.value).startswith("cpu_errs.dp:")
+    with pytest.raises(dp.DPAssertionError, match="k is too large"):
+        mc.f(np.ones(3), 5)
+    assert mc.g(np.arange(3.0), -1) == 2.0          # negative indices count from the end
+
+
+def test_float32(mods):
+    mi, mc = mods
+    x, y = rng.standard_normal(5).astype(np.float32), np.float32(1.5)
+    a, b = mi.single(x, y), mc.single(x, y)
+    assert isinstance(b, np.float32)
+    assert b == pytest.approx(a, rel=1e-6)
+
+
+def test_a_view_never_sees_a_later_write():
+    """IR (the front end refuses this aliasing in source): r = B[0, :]; B[0, 0] = 100 in
+    place (B is dead after it); then r is read.  The generated code must copy r."""
+    from dplang.backends import interp
+    from dplang.ir import types as T
+    from dplang.ir.builder import Builder, new_region
+    from dplang.ir.core import Func, Program
+    body = new_region([T.Array("f64", (3, 4))], hints=["A"])
+    b = Builder(body)
+    (A,) = body.args
+    B = b.prim("copy", A, hint="B")
+    zero = b.const(0, T.I64)
+    one = b.const(1, T.I64)
+    r = b.prim("getitem", A if False else B, zero, index=("i", ("slice", False, False, False)),
+               hint="r")
+    B1 = b.prim("setitem", B, b.const(100.0, T.F64), zero, zero, hint="B")
+    s = b.prim("add", b.prim("getitem", r, zero), b.prim("getitem", r, one))
+    b.return_(B1, s)
+    fn = Func("views", body, [B1.type, s.type], param_names=["A"], returns_tuple=True)
+    prog = Program(funcs={"views": fn}, exports={"views": "views"})
+    x = rng.standard_normal((3, 4))
+    ref = interp.run_func(prog, "views", [x])
+    got = cpu.run_func(prog, "views", [x])
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert got[1] == ref[1] == x[0, 0] + x[0, 1]
+    assert "B[0, :].copy()" in cpu.source(prog, "views")
+
+
+def test_arguments_are_not_modified(dtw):
+    x, y = rng.standard_normal((5, 2)), rng.standard_normal((4, 2))
+    x0, y0 = x.copy(), y.copy()
+    dtw.dtw_series(x, y)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_source_of_a_function_lists_its_callees(dtw):
+    src = dtw.dtw_series.source()
+    assert "def dtw_series(x, y):" in src and "def dtw(D):" in src and "def sqeuclidean(" in src
+    compile(src, "<generated>", "exec")         # valid Python
+
+
+def test_objmode_fallback_for_a_primitive_without_compiled_form(monkeypatch):
+    """A primitive the code generator does not know (one added later) still runs: its
+    NumPy reference is called from compiled code."""
+    from dplang.backends.cpu import codegen
+    monkeypatch.delattr(codegen.FuncGen, "p_softplus")
+    src = "def h(x: f64[n]) -> f64[n]:\n    return softplus(x) * 2.0\n"
+    mc = dp.compile(src, filename="fallback.dp", backend="cpu")
+    mi = dp.compile(src, filename="fallback.dp", backend="interp")
+    x = rng.standard_normal(6)
+    assert "numba.objmode(" in mc.h.source()
+    np.testing.assert_allclose(mc.h(x), mi.h(x), rtol=1e-15)
+
+
+def test_compiled_once_per_process(dtw):
+    D = rng.random((4, 4))
+    dtw.dtw(D)
+    before = cpu.stats()
+    for _ in range(3):
+        dtw.dtw(D)
+    after = cpu.stats()
+    assert after["compiled"] == before["compiled"]
+    assert after["imported"] == before["imported"]
+
+
+def test_api_source_and_backend_name(dtw):
+    assert "cpu" in repr(dtw.dtw)
+    with pytest.raises(dp.DPError):
+        dp.load(os.path.join(EX, "dtw.dp"), backend="interp").dtw.source()
