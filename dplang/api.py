@@ -9,7 +9,9 @@ from dplang.errors import DPError, DPShapeError, DPTypeError, DPNameError
 from dplang.ir import types as T
 
 BACKENDS = ("interp", "cpu", "cuda")
-DEFAULT_BACKEND = "interp"
+# "cpu" (Numba) unless the environment says otherwise (DPLANG_BACKEND=interp: the
+# reference interpreter, no compilation; the test suite runs on it by default)
+DEFAULT_BACKEND = os.environ.get("DPLANG_BACKEND", "cpu")
 
 
 def _check_backend(backend: str) -> str:

@@ -215,3 +215,14 @@ def test_api_source_and_backend_name(dtw):
     assert "cpu" in repr(dtw.dtw)
     with pytest.raises(dp.DPError):
         dp.load(os.path.join(EX, "dtw.dp"), backend="interp").dtw.source()
+
+
+def test_cpu_is_the_default_backend():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "DPLANG_BACKEND"}
+    code = ("import dplang as dp, numpy as np; m = dp.compile('def f(x: f64) -> f64:\\n"
+            "    return x * 2.0\\n'); print(dp.api.DEFAULT_BACKEND, repr(m.f), m.f(1.5))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cpu", "<dplang", "function", "f", "(cpu)>", "3.0"]
