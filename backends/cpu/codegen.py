@@ -1032,7 +1032,8 @@ class FuncGen:
         A, B = self.val(a, wdt), self.val(b, wdt)
         na, nb = a.type.ndim, b.type.ndim
         if na <= 2 and nb <= 2:
-            h = self.mod.helper(f"rt_mm{na}{nb}")
+            blas = wdt in ("f64", "f32") and (na, nb) in ((2, 2), (2, 1), (1, 2))
+            h = self.mod.helper(f"rt_{'f' if blas else ''}mm{na}{nb}")
             return f"{h}({A}, {B})"
         # batched: promote 1-D operands, broadcast the batch axes, (B, n, k) @ (B, k, m)
         if na == 1:

@@ -453,6 +453,29 @@ def rt_grow(buf):
 
 
 # ---------------------------------------------------------------- linear algebra
+# float products go to BLAS (np.dot on contiguous operands); agreement with NumPy's @ is
+# to rounding, as between any two BLAS calls
+@jit
+def rt_fmm22(a, b):
+    if b.shape[0] != a.shape[1]:
+        raise ValueError("matmul: inner dimensions differ")
+    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+@jit
+def rt_fmm21(a, v):
+    if v.shape[0] != a.shape[1]:
+        raise ValueError("matmul: inner dimensions differ")
+    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(v))
+
+
+@jit
+def rt_fmm12(v, b):
+    if v.shape[0] != b.shape[0]:
+        raise ValueError("matmul: inner dimensions differ")
+    return np.dot(np.ascontiguousarray(v), np.ascontiguousarray(b))
+
+
 @jit
 def rt_mm22(a, b):
     n, k = a.shape
