@@ -743,7 +743,15 @@ class FuncGen:
     def p_div(self, op, ind): return self._binary(op, "/")
     def p_floordiv(self, op, ind): return self._binary(op, "//")
     def p_mod(self, op, ind): return self._binary(op, "%")
-    def p_pow(self, op, ind): return self._binary(op, "**")
+    def p_pow(self, op, ind):
+        a, b = op.operands
+        bo = b.owner
+        if isinstance(bo, Op) and bo.name == "const" and bo.attrs.get("value") == 2 \
+                and a.type.dtype in ("f64", "f32") and op.results[0].type == a.type:
+            self.natural = a.type.dtype            # x ** 2 -> x * x (as NumPy's square)
+            x = _paren(self.ref(a))
+            return f"{x} * {x}"
+        return self._binary(op, "**")
 
     def _cmp(self, op, sym):
         a, b = op.operands
