@@ -223,6 +223,7 @@ class Forward:
         self.region_of: dict = {}        # original region -> its forward copy
         self.old: dict = {}              # setitem op -> forward value of the old cell
         self.count: dict = {}            # while op -> forward trip count
+        self.weights: dict = {}          # smaxn/sminn op -> forward values of its weights
 
     def copy_ops(self, orig: Region, new: Region, ops) -> None:
         self.region_of[orig] = new
@@ -232,6 +233,9 @@ class Forward:
 
     def copy_op(self, op: Op) -> None:
         b, vmap = self.b, self.vmap
+        if op.name in ("smaxn", "sminn") and self._store_weights(op):
+            with b.located(op.loc):
+                return self.soft_with_weights(op)
         with b.located(op.loc):
             if op.name == "setitem" and op in self.track.setitems:
                 x = vmap[op.operands[0]]
@@ -268,6 +272,51 @@ class Forward:
                 vmap[o] = n
             if op.name == "while":
                 self.count[op] = new.results[-1]
+
+
+    def _store_weights(self, op: Op) -> bool:
+        """An entropy-smoothed choice between scalars inside a loop (a soft DP cell), whose
+        temperature is not differentiated: compute it with its weights in the forward
+        sweep, so that the reverse sweep needs no exp (the weights are taped)."""
+        gamma, xs = op.operands[0], op.operands[1:]
+        return (op.attrs.get("reg") == "entropy" and isinstance(op.parent.parent, Op)
+                and op.results[0] in self.ad.varied and gamma not in self.ad.varied
+                and all(isinstance(v.type, T.Scalar) and v.type.dtype == "f64"
+                        for v in list(op.operands) + op.results))
+
+    def soft_with_weights(self, op: Op) -> None:
+        """z = m + s*gamma*log(sum_k e_k), e_k = exp(s*(x_k - m)/gamma), m the s-extreme,
+        and w_k = e_k / sum e (the same arithmetic as the primitive); entries at -s*inf
+        get e_k = 0, and when m is infinite z = m and the weight is spread over the ties."""
+        b, vmap = self.b, self.vmap
+        s = 1 if op.name == "smaxn" else -1
+        g = vmap[op.operands[0]]
+        xs = [vmap[x] for x in op.operands[1:]]
+        inf, zero, one = b.const(float("inf")), b.const(0.0), b.const(1.0)
+        m = b.prim("maxn" if s > 0 else "minn", *xs)
+        fin = b.prim("lt", b.prim("abs", m), inf)
+        mf = b.prim("where", fin, m, zero)
+        es, ties = [], []
+        for x in xs:
+            fx = b.prim("lt", b.prim("abs", x), inf)
+            d = b.prim("sub", b.prim("where", fx, x, mf), mf)
+            if s < 0:
+                d = b.prim("neg", d)
+            es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, g)), zero))
+            ties.append(b.prim("cast", b.prim("eq", x, m), dtype="f64"))
+        total = es[0]
+        for e in es[1:]:
+            total = b.prim("add", total, e)
+        lg = b.prim("mul", b.prim("mul", b.const(float(s)), g), b.prim("log", total))
+        z = b.prim("where", fin, b.prim("add", mf, lg), m, hint=op.results[0].hint)
+        count = ties[0]
+        for t in ties[1:]:
+            count = b.prim("add", count, t)
+        count = b.prim("where", b.prim("gt", count, zero), count, one)
+        safe = b.prim("where", b.prim("gt", total, zero), total, one)
+        self.weights[op] = [b.prim("where", fin, b.prim("div", e, safe),
+                                   b.prim("div", t, count), hint="w") for e, t in zip(es, ties)]
+        vmap[op.results[0]] = z
 
 
 # ----------------------------------------------------------------------- reverse sweep
@@ -370,6 +419,8 @@ class Ctx:
             return self.reverse_call(op)
         if n == "tape_push" or n == "tape_pop":
             return self.reverse_tape(op)
+        if op in self.ad.fw.weights:
+            return self.reverse_soft_with_weights(op)
         p = REGISTRY.get(n)
         if p is None:
             raise DPInternalError(f"reverse AD: unknown op '{n}'", op.loc)
@@ -379,7 +430,7 @@ class Ctx:
             if p.vjp is None:
                 raise DPInternalError(f"reverse AD: primitive '{n}' has no VJP rule", op.loc)
             self.apply_rule(op, p, cts)
-        if n == "setitem" and op.results[0] in self.images:
+        if n == "setitem" and op.results[0] in self.images and op in self.ad.fw.old:
             self.undo_setitem(op)
 
     def apply_rule(self, op: Op, p, cts) -> None:
@@ -434,6 +485,16 @@ class Ctx:
                 self.adj[x] = direct[k]
             elif contribs[k] is not None:
                 self.add_adj(x, subst.get(contribs[k], contribs[k]))
+
+    def reverse_soft_with_weights(self, op: Op) -> None:
+        g = self.adj.get(op.results[0])
+        if g is None:
+            return
+        for x, w in zip(op.operands[1:], self.ad.fw.weights[op]):
+            if x in self.ad.varied:
+                w = self.fwd_value(w)
+                with self.b.at(self.rev):
+                    self.add_adj(x, self.b.prim("mul", g, w))
 
     def undo_setitem(self, op: Op) -> None:
         b = self.b
@@ -786,6 +847,7 @@ class ReverseAD:
                 raise DPInternalError(f"reverse AD of '{func.name}' w.r.t. non-float "
                                       f"parameter {k}")
         name = name or f"{mode}_{func.name}_" + "_".join(map(str, active))
+        func = inline_calls(func, self.program)
         self.varied = varied_values(func, active)
         self.track = Tracking(func)
         self.vmap: dict = {}
@@ -895,6 +957,45 @@ class ReverseAD:
             prog.funcs[name] = None
             prog.funcs[name] = ReverseAD(prog).vjp_func(prog.funcs[key], active, "vjp", name)
         return name
+
+
+def inline_calls(func: Func, program: Program, limit: int = 2000) -> Func:
+    """A copy of ``func`` with the calls it makes (and those its callees make) replaced by
+    the callees' bodies, while the function stays under ``limit`` ops: the reverse sweep
+    then reuses the forward sweep's values instead of running each callee's forward
+    sweep again inside its VJP."""
+    from dplang.passes.simplify import clone_func
+    func = clone_func(func)
+    changed = True
+    while changed:
+        changed = False
+        for op in list(func.walk()):
+            if op.name != "call" or "transform" in op.attrs or program is None:
+                continue
+            key = program.exports.get(op.attrs["callee"], op.attrs["callee"])
+            callee = program.funcs.get(key)
+            if callee is None or sum(1 for _ in func.walk()) + sum(
+                    1 for _ in callee.walk()) > limit:
+                continue
+            body = clone_func(callee).body
+            pmap = dict(zip(body.args, op.operands))
+            for o in body.walk():
+                o.operands = [pmap.get(x, x) for x in o.operands]
+            ret = body.ops[-1]
+            region = op.parent
+            pos = region.ops.index(op)
+            new_ops = body.ops[:-1]
+            for o in new_ops:
+                o.parent = region
+            region.ops[pos:pos + 1] = new_ops
+            outs = [pmap.get(x, x) for x in ret.operands]
+            rep = dict(zip(op.results, outs))
+            for o in func.walk():
+                if any(x in rep for x in o.operands):
+                    o.operands = [rep.get(x, x) for x in o.operands]
+            changed = True
+            break
+    return func
 
 
 def reverse_program(program: Program, key: str, active: tuple, mode: str) -> tuple[Program, str]:
