@@ -153,6 +153,20 @@ def _comment(loc) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)
 
 
+def _blas_available() -> bool:
+    """Numba's np.dot calls BLAS through SciPy's wrappers: use it when SciPy is installed
+    (the generated code then differs, so the cache keeps both variants apart), plain
+    loops otherwise and in standalone modules (which import only NumPy and Numba)."""
+    global _BLAS
+    if _BLAS is None:
+        import importlib.util
+        _BLAS = importlib.util.find_spec("scipy") is not None
+    return _BLAS
+
+
+_BLAS = None
+
+
 def _shape_tuple(items: list[str]) -> str:
     if len(items) == 1:
         return f"({items[0]},)"
@@ -1040,7 +1054,8 @@ class FuncGen:
         A, B = self.val(a, wdt), self.val(b, wdt)
         na, nb = a.type.ndim, b.type.ndim
         if na <= 2 and nb <= 2:
-            blas = wdt in ("f64", "f32") and (na, nb) in ((2, 2), (2, 1), (1, 2))
+            blas = wdt in ("f64", "f32") and (na, nb) in ((2, 2), (2, 1), (1, 2)) \
+                and _blas_available() and not self.mod.standalone
             h = self.mod.helper(f"rt_{'f' if blas else ''}mm{na}{nb}")
             return f"{h}({A}, {B})"
         # batched: promote 1-D operands, broadcast the batch axes, (B, n, k) @ (B, k, m)
