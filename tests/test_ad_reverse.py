@@ -435,3 +435,11 @@ def g(x: f64) -> f64:
     with pytest.raises(dp.DPTypeError) as e:
         dp.compile(bad2, filename="bad2.dp")
     assert "bad2.dp:6:" in str(e.value) and "not a float" in str(e.value)
+
+
+def test_derived_programs_pass_the_verifier(mod):
+    from dplang.ir.verify import verify_program
+    for d in (dp.grad(mod.dtw), dp.grad(mod.heat, wrt=(0, 1)), dp.hvp(mod.overwrite),
+              dp.vjp(mod.pair, wrt=(0, 1)), dp.grad(dp.grad(mod.newton)),
+              dp.value_and_grad(mod.band)):
+        verify_program(d.program, pass_name="ad")
