@@ -119,6 +119,7 @@ class Tracking:
     def __init__(self, func: Func):
         self.slots: set = set()          # (loop op, carried index)
         self.setitems: set = set()       # setitem ops whose old value is pushed
+        self.write_once: set = set()     # setitem ops of write-once tables (no undo)
         self.if_start: dict = {}         # (if op, result index) -> the version it updates
         self._memo: dict = {}
         self.readers: dict = {}
@@ -132,6 +133,11 @@ class Tracking:
                         ch = self.loop_chain(op, k)
                         if ch is not None and self._read(ch):
                             self.mark(op, k)
+        for op, k in list(self.slots):
+            w = self._write_once(op, k)
+            if w is not None:
+                self.write_once.add(w)
+                self.setitems.discard(w)
 
     def _read(self, chain) -> bool:
         trans, versions = chain
@@ -147,6 +153,52 @@ class Tracking:
                     continue
                 return True
         return False
+
+    def _write_once(self, outer: Op, k: int):
+        """The setitem of a DP table filled once per cell by a nest of unit-step ``for``
+        loops (``R[i + a, j + b] = ...``) whose reads in the nest all look back
+        (``R[i + c, j + d]`` with (c - a, d - b) lexicographically negative): every cell
+        read was written in an earlier iteration or never, and no cell is written twice,
+        so the final table answers every read of the reverse sweep and no old value
+        needs saving.  None when the pattern does not hold."""
+        loops, cur, ck = [outer], outer, k
+        chains = []
+        while True:
+            if cur.name != "for" or _const_of(cur.operands[2]) != 1:
+                return None
+            trans, versions = self.loop_chain(cur, ck)
+            chains.append(versions)
+            if len(trans) != 1:
+                return None
+            t = trans[0]
+            if t[0] == "loop":
+                loops.append(t[1])
+                cur, ck = t[1], t[2]
+                continue
+            if t[0] != "set":
+                return None
+            setop = t[1]
+            break
+        ivs = [lp.regions[0].args[0] for lp in loops]
+        a = _offsets(setop.operands[2:], setop.attrs.get("index"), ivs)
+        if a is None:
+            return None
+        moves = {id(setop)} | {id(lp) for lp in loops}
+        for level, versions in enumerate(chains):
+            for v in versions:
+                for user in self.readers.get(v, ()):
+                    if id(user) in moves or user.name == "yield":
+                        continue
+                    if user.name != "getitem" or level != len(chains) - 1:
+                        return None
+                    c = _offsets(user.operands[1:], user.attrs.get("index"), ivs)
+                    if c is None:
+                        return None
+                    diff = [ci - ai for ci, ai in zip(c, a)]
+                    first = next((d for d in diff if d != 0), 0)
+                    if first >= 0:
+                        return None
+        return setop
 
     def loop_chain(self, op: Op, k: int):
         key = (id(op), k)
@@ -208,6 +260,35 @@ class Tracking:
                 self.setitems.add(t[1])
             elif t[0] == "loop":
                 self.mark(t[1], t[2])
+
+
+def _const_of(v: Value):
+    o = v.owner
+    return o.attrs.get("value") if isinstance(o, Op) and o.name == "const" else None
+
+
+def _offsets(idx, index_attr, ivs):
+    """Offsets (a_1, ..., a_r) when the indices are exactly iv_1 + a_1, ..., iv_r + a_r
+    (scalar indices, one per loop of the nest, in order); None otherwise."""
+    if len(idx) != len(ivs) or (index_attr is not None
+                                and any(e != "i" for e in index_attr)):
+        return None
+    out = []
+    for v, iv in zip(idx, ivs):
+        if v is iv:
+            out.append(0)
+            continue
+        o = v.owner
+        if not isinstance(o, Op) or o.name not in ("add", "sub") or len(o.operands) != 2:
+            return None
+        x, y = o.operands
+        if x is iv and isinstance(_const_of(y), int):
+            out.append(_const_of(y) if o.name == "add" else -_const_of(y))
+        elif o.name == "add" and y is iv and isinstance(_const_of(x), int):
+            out.append(_const_of(x))
+        else:
+            return None
+    return out
 
 
 # ----------------------------------------------------------------------- forward sweep
@@ -430,8 +511,11 @@ class Ctx:
             if p.vjp is None:
                 raise DPInternalError(f"reverse AD: primitive '{n}' has no VJP rule", op.loc)
             self.apply_rule(op, p, cts)
-        if n == "setitem" and op.results[0] in self.images and op in self.ad.fw.old:
-            self.undo_setitem(op)
+        if n == "setitem" and op.results[0] in self.images:
+            if op in self.ad.fw.old:
+                self.undo_setitem(op)
+            elif op in self.ad.track.write_once:      # the final table serves every read
+                self.images[op.operands[0]] = self.images[op.results[0]]
 
     def apply_rule(self, op: Op, p, cts) -> None:
         b = self.b
