@@ -194,7 +194,15 @@ def run_func(program: Program, name_or_func, args: list) -> list:
     if len(vals) != len(func.params) or len(args) != len(func.params):
         raise DPRuntimeError(f"{func.name} takes {len(func.params)} argument(s), got {len(args)}",
                              func.loc)
-    disp = compiled_function(program, key, vals)
+    # fast path: the dispatcher found for this function and these argument layouts
+    # before (programs are not modified once a pass returned them)
+    fast = program.__dict__.setdefault("_cpu_fast", {})
+    layout = (key, _func_signature(func), boundscheck(), tuple(
+        (v.dtype.char, v.ndim, v.flags.c_contiguous) if isinstance(v, np.ndarray)
+        else type(v) for v in vals))
+    disp = fast.get(layout)
+    if disp is None:
+        disp = fast[layout] = compiled_function(program, key, vals)
     try:
         out = disp(*vals)
     except Exception as e:
