@@ -120,6 +120,7 @@ class Tracking:
         self.slots: set = set()          # (loop op, carried index)
         self.setitems: set = set()       # setitem ops whose old value is pushed
         self.write_once: set = set()     # setitem ops of write-once tables (no undo)
+        self.inner: set = set()          # slots that are updates inside another slot's chain
         self.if_start: dict = {}         # (if op, result index) -> the version it updates
         self._memo: dict = {}
         self.readers: dict = {}
@@ -134,6 +135,8 @@ class Tracking:
                         if ch is not None and self._read(ch):
                             self.mark(op, k)
         for op, k in list(self.slots):
+            if (op, k) in self.inner:
+                continue        # the nest runs again for an enclosing loop: keep undoing
             w = self._write_once(op, k)
             if w is not None:
                 self.write_once.add(w)
@@ -259,6 +262,7 @@ class Tracking:
             if t[0] == "set":
                 self.setitems.add(t[1])
             elif t[0] == "loop":
+                self.inner.add((t[1], t[2]))
                 self.mark(t[1], t[2])
 
 

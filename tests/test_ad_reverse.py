@@ -479,3 +479,21 @@ def test_derived_programs_pass_the_verifier(mod):
               dp.vjp(mod.pair, wrt=(0, 1)), dp.grad(dp.grad(mod.newton)),
               dp.value_and_grad(mod.band)):
         verify_program(d.program, pass_name="ad")
+
+
+def test_table_rewritten_by_an_enclosing_loop():
+    """The inner nest looks like a write-once table, but the outer loop runs it again on
+    the same array: the old values must still be saved and restored."""
+    m = dp.compile('''
+def again(x: f64[n]) -> f64:
+    R = zeros(n)
+    for k in range(3):
+        for i in range(1, n):
+            R[i] = sin(R[i - 1] + x[i] * (k + 1))
+    return sum(R * x)
+''', backend="interp")
+    x = rng.standard_normal(6)
+    g = dp.grad(m.again)(x)
+    assert interp.LAST_RUN.tape_pushes >= 3 * 5      # one old value per write
+    u = rng.standard_normal(6)
+    assert np.sum(g * u) == pytest.approx(fd_dir(m.again, [x], 0, u), rel=1e-6)
