@@ -39,11 +39,8 @@ def _ad(program: Program) -> Program:
 
 
 def _simplify(program: Program) -> Program:
-    try:
-        from dplang.passes import simplify
-    except ImportError:
-        return program
-    return simplify.run(program)
+    from dplang.passes import scalarize, simplify
+    return simplify.run(scalarize.run(program))
 
 
 PIPELINE = [("smoothed", _smooth), ("ad", _ad), ("optimized", _simplify)]

@@ -1,0 +1,240 @@
+"""Scalar replacement of small loop-carried arrays.
+
+A loop that carries a small array of static shape (at most ``MAX_SIZE`` entries) and
+only reads and writes single entries at constant indices (``a[0] = a[0] * 0.9 + x[i]``)
+is rewritten to carry one scalar per entry instead.  The values are the same (each entry
+is the same sequence of IEEE operations); what changes is that code generators keep the
+entries in registers, and reverse mode carries scalar adjoints instead of writing a small
+adjoint array (and taping the overwritten entries) every iteration.
+
+Before the loop the entries are read from the initial array; after it, reads of the
+result at constant indices use the scalars, and any other use gets the array rebuilt
+from them.
+"""
+from __future__ import annotations
+
+from dplang.ir import types as T
+from dplang.ir.builder import Builder
+from dplang.ir.core import Func, Op, Program, Region, Value
+
+MAX_SIZE = 8
+
+
+def _const_index(op: Op, first: int, shape) -> tuple | None:
+    """The flat entry (a tuple of non-negative ints) ``op`` indexes, when every index is a
+    constant integer and there is one per axis; else None."""
+    idx = op.operands[first:]
+    index = op.attrs.get("index")
+    if len(idx) != len(shape) or (index is not None and any(e != "i" for e in index)):
+        return None
+    out = []
+    for v, n in zip(idx, shape):
+        o = v.owner
+        if not (isinstance(o, Op) and o.name == "const" and isinstance(o.attrs["value"], int)
+                and not isinstance(o.attrs["value"], bool)):
+            return None
+        c = o.attrs["value"]
+        c = c + n if c < 0 else c
+        if not 0 <= c < n:
+            return None
+        out.append(c)
+    return tuple(out)
+
+
+def _entries(shape):
+    out = [()]
+    for n in shape:
+        out = [e + (k,) for e in out for k in range(n)]
+    return out
+
+
+def _uses(func: Func) -> dict:
+    uses: dict = {}
+    for op in func.walk():
+        for x in op.operands:
+            uses.setdefault(x, []).append(op)
+    return uses
+
+
+def _candidate(op: Op, k: int, uses: dict):
+    """The body's version chain of carried slot ``k`` when it can be scalarised."""
+    body = op.regions[-1]
+    off = 1 if op.name == "for" else 0
+    arg = body.args[off + k]
+    t = arg.type
+    if not isinstance(t, T.Array) or not all(isinstance(d, int) for d in t.shape):
+        return None
+    size = 1
+    for d in t.shape:
+        size *= d
+    if size == 0 or size > MAX_SIZE:
+        return None
+    if op.name == "while" and any(uses.get(a) for a in op.regions[0].args[k:k + 1]):
+        return None                      # the condition reads the array
+    y = body.ops[-1].operands[k]
+    versions = [arg]
+    v = arg
+    for o in body.ops[:-1]:
+        for x in o.operands:
+            if x in versions and x is not v:
+                return None              # an older version used after a write
+        if o.name == "setitem" and o.operands[0] is v:
+            if _const_index(o, 2, t.shape) is None or o.operands[1].type.ndim != 0:
+                return None
+            v = o.results[0]
+            versions.append(v)
+    if y is not v:
+        return None
+    for ver in versions:
+        for u in uses.get(ver, ()):
+            if u.parent is not body and u.name != "yield":
+                return None
+            if u.name == "getitem" and u.operands[0] is ver:
+                if _const_index(u, 1, t.shape) is None:
+                    return None
+            elif u.name == "setitem" and u.operands[0] is ver:
+                pass
+            elif u is body.ops[-1] and ver is y:
+                if sum(1 for x in u.operands if x is ver) != 1:
+                    return None
+            else:
+                return None
+    return versions
+
+
+def scalarize_func(func: Func) -> bool:
+    changed = False
+    while True:
+        uses = _uses(func)
+        for op in list(func.walk()):
+            if op.name not in ("for", "while"):
+                continue
+            for k in range(len(op.results)):
+                versions = _candidate(op, k, uses)
+                if versions is not None:
+                    _rewrite(op, k, versions, uses)
+                    changed = True
+                    break
+            else:
+                continue
+            break
+        else:
+            return changed
+
+
+def _rewrite(op: Op, k: int, versions, uses) -> None:
+    is_for = op.name == "for"
+    nb = 3 if is_for else 0
+    off = 1 if is_for else 0
+    body = op.regions[-1]
+    arg = versions[0]
+    t = arg.type
+    dt = t.dtype
+    ents = _entries(t.shape)
+    region = op.parent
+    pos = region.ops.index(op)
+    pre = Region()
+    b = Builder(pre, op.loc)
+    init = op.operands[nb + k]
+    hint = arg.hint or "a"
+    firsts = [b.prim("getitem", init, *[b.const(c) for c in e], hint=f"{hint}_{'_'.join(map(str, e))}")
+              for e in ents]
+    for o in pre.ops:
+        o.parent = region
+    region.ops[pos:pos] = pre.ops
+    # new region args for every region of the loop (a while's condition too)
+    new_args = {}
+    for reg in op.regions:
+        i = off + k if reg is body else k
+        if not is_for and reg is op.regions[0]:
+            i = k
+        a = reg.args[i]
+        vals = [Value(T.Scalar(dt), f"{hint}_{'_'.join(map(str, e))}") for e in ents]
+        for v in vals:
+            v.owner = reg
+        reg.args[i:i + 1] = vals
+        new_args[reg] = vals
+    # the body: entries as values, reads replaced, writes dropped
+    cur = dict(zip(ents, new_args[body]))
+    bb = Builder(None, op.loc)
+    new_ops = []
+    rep: dict = {}
+    for o in body.ops[:-1]:
+        if o.name == "getitem" and o.operands[0] in versions:
+            rep[o.results[0]] = cur[_const_index(o, 1, t.shape)]
+            continue
+        if o.name == "setitem" and o.operands[0] in versions:
+            v = o.operands[1]
+            v = rep.get(v, v)
+            if v.type.dtype != dt:
+                tmp = Region()
+                with bb.at(tmp), bb.located(o.loc):
+                    v = bb.cast(v, dt)
+                new_ops += tmp.ops
+            cur[_const_index(o, 2, t.shape)] = v
+            continue
+        o.operands = [rep.get(x, x) for x in o.operands]
+        for sub in o.regions:
+            for so in sub.walk():
+                so.operands = [rep.get(x, x) for x in so.operands]
+        new_ops.append(o)
+    y = body.ops[-1]
+    yv = [rep.get(x, x) for x in y.operands]
+    yv[k:k + 1] = [cur[e] for e in ents]
+    y.operands = yv
+    for o in new_ops:
+        o.parent = body
+    body.ops = new_ops + [y]
+    # the loop op: operands and results
+    old_res = op.results[k]
+    ops_ = list(op.operands)
+    ops_[nb + k:nb + k + 1] = firsts
+    op.operands = ops_
+    res = [Value(T.Scalar(dt), f"{hint}_{'_'.join(map(str, e))}", old_res.loc) for e in ents]
+    for r in res:
+        r.owner = op
+    op.results[k:k + 1] = res
+    # uses of the old result after the loop
+    func_uses = [u for u in uses.get(old_res, ())]
+    by_entry = dict(zip(ents, res))
+    need_array = any(not (u.name == "getitem" and u.operands[0] is old_res
+                          and _const_index(u, 1, t.shape) is not None) for u in func_uses)
+    post = Region()
+    pb = Builder(post, op.loc)
+    for u in func_uses:
+        if u.name == "getitem" and u.operands[0] is old_res and \
+                _const_index(u, 1, t.shape) is not None:
+            _replace_everywhere(region, u.results[0], by_entry[_const_index(u, 1, t.shape)])
+    if need_array:
+        arr = pb.prim("zeros", *[pb.const(d) for d in t.shape], dtype=dt, _shape=t.shape,
+                      hint=old_res.hint)
+        for e in ents:
+            arr = pb.prim("setitem", arr, by_entry[e], *[pb.const(c) for c in e],
+                          hint=old_res.hint)
+        _replace_everywhere(region, old_res, arr)
+    pos = region.ops.index(op) + 1
+    for o in post.ops:
+        o.parent = region
+    region.ops[pos:pos] = post.ops
+
+
+def _replace_everywhere(region: Region, old: Value, new: Value) -> None:
+    top = region
+    while isinstance(top.parent, Op):
+        top = top.parent.parent
+    for o in top.walk():
+        if any(x is old for x in o.operands):
+            o.operands = [new if x is old else x for x in o.operands]
+
+
+def run(program: Program) -> Program:
+    """Scalarise in every function (a copy of the program; the input is not modified)."""
+    from dplang.passes.simplify import clone_func
+    prog = Program(dict(program.funcs), dict(program.exports), program.filename)
+    if hasattr(program, "loader"):
+        prog.loader = program.loader
+    for key, f in program.funcs.items():
+        g = clone_func(f)
+        if scalarize_func(g):
+            prog.funcs[key] = g
+    return prog
