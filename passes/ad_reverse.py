@@ -271,11 +271,19 @@ def _const_of(v: Value):
     return o.attrs.get("value") if isinstance(o, Op) and o.name == "const" else None
 
 
+_FULL = ("slice", False, False, False)        # ``:``
+
+
 def _offsets(idx, index_attr, ivs):
-    """Offsets (a_1, ..., a_r) when the indices are exactly iv_1 + a_1, ..., iv_r + a_r
-    (scalar indices, one per loop of the nest, in order); None otherwise."""
-    if len(idx) != len(ivs) or (index_attr is not None
-                                and any(e != "i" for e in index_attr)):
+    """Offsets (a_1, ..., a_r) when the integer indices are exactly iv_1 + a_1, ...,
+    iv_r + a_r (one per loop of the nest, in order), possibly followed by whole axes
+    (``R[t, :]``: a row per iteration); None otherwise."""
+    if index_attr is not None:
+        ints = [e for e in index_attr if e == "i"]
+        if list(index_attr[:len(ints)]) != ints or \
+                any(e != _FULL for e in index_attr[len(ints):]):
+            return None
+    if len(idx) != len(ivs):
         return None
     out = []
     for v, iv in zip(idx, ivs):

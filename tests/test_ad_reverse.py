@@ -497,3 +497,24 @@ def again(x: f64[n]) -> f64:
     assert interp.LAST_RUN.tape_pushes >= 3 * 5      # one old value per write
     u = rng.standard_normal(6)
     assert np.sum(g * u) == pytest.approx(fd_dir(m.again, [x], 0, u), rel=1e-6)
+
+
+def test_row_recursion_keeps_no_old_rows():
+    """V[t, :] = max(theta[t].T + V[t - 1, :], axis=1) writes one row per step and reads
+    the previous one: the table is its own tape (no old rows saved); only the operand of
+    each step's max is taped, for its derivative."""
+    m = dp.compile('''
+def vit(theta: f64[T, S, S]) -> f64:
+    V = zeros((T, S))
+    V[0, :] = theta[0, 0, :]
+    for t in range(1, T):
+        V[t, :] = max(theta[t, :, :].T + V[t - 1, :], axis=1)
+    return max(V[T - 1, :])
+''', backend="interp")
+    sm = dp.smooth(m.vit, "entropy")
+    theta = rng.standard_normal((6, 3, 3))
+    g = dp.grad(sm)(theta, 0.7)
+    assert interp.LAST_RUN.tape_pushes == 5
+    U = rng.standard_normal(theta.shape)
+    assert np.sum(g * U) == pytest.approx(fd_dir(lambda th: sm(th, 0.7), [theta], 0, U),
+                                          rel=1e-6)
