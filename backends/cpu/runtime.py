@@ -775,11 +775,27 @@ def rt_rows_softmax(z, gamma, l2):
 
 
 @jit
+def rt_smax1_into(z, gamma, e):
+    """rt_smax1 for "entropy", with the scratch buffer ``e`` (no allocation per row)."""
+    m = rt_max1(z)
+    if not np.isfinite(m):
+        return m
+    for i in range(z.size):
+        e[i] = math.exp((z[i] - m) / gamma)
+    return m + gamma * math.log(rt_psum(e))
+
+
+@jit
 def rt_rows_smax(z, gamma, l2):
     rt_check_gamma(gamma)
     out = np.empty(z.shape[0], np.float64)
+    if l2:
+        for r in range(z.shape[0]):
+            out[r] = rt_smax1(z[r], gamma, l2)
+        return out
+    e = np.empty(z.shape[1], np.float64)
     for r in range(z.shape[0]):
-        out[r] = rt_smax1(z[r], gamma, l2)
+        out[r] = rt_smax1_into(z[r], gamma, e)
     return out
 
 
