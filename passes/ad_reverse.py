@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from dplang.errors import DPInternalError
 from dplang.ir import types as T
+from dplang.ir.analysis import uses
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.primitives import REGISTRY
@@ -123,10 +124,7 @@ class Tracking:
         self.inner: set = set()          # slots that are updates inside another slot's chain
         self.if_start: dict = {}         # (if op, result index) -> the version it updates
         self._memo: dict = {}
-        self.readers: dict = {}
-        for op in func.walk():
-            for x in op.operands:
-                self.readers.setdefault(x, []).append(op)
+        self.readers = uses(func)
         for op in func.walk():
             if op.name in ("for", "while"):
                 for k in range(len(op.results)):
@@ -316,7 +314,7 @@ class Forward:
         self.region_of: dict = {}        # original region -> its forward copy
         self.old: dict = {}              # setitem op -> forward value of the old cell
         self.count: dict = {}            # while op -> forward trip count
-        self.weights: dict = {}          # smaxn/sminn op -> forward values of its weights
+        self.partials: dict = {}         # op -> forward values of its partial derivatives
 
     def copy_ops(self, orig: Region, new: Region, ops) -> None:
         self.region_of[orig] = new
@@ -326,9 +324,8 @@ class Forward:
 
     def copy_op(self, op: Op) -> None:
         b, vmap = self.b, self.vmap
-        if op.name in ("smaxn", "sminn") and self._store_weights(op):
-            with b.located(op.loc):
-                return self.soft_with_weights(op)
+        if self.with_partials(op):
+            return
         with b.located(op.loc):
             if op.name == "setitem" and op in self.track.setitems:
                 x = vmap[op.operands[0]]
@@ -367,49 +364,25 @@ class Forward:
                 self.count[op] = new.results[-1]
 
 
-    def _store_weights(self, op: Op) -> bool:
-        """An entropy-smoothed choice between scalars inside a loop (a soft DP cell), whose
-        temperature is not differentiated: compute it with its weights in the forward
-        sweep, so that the reverse sweep needs no exp (the weights are taped)."""
-        gamma, xs = op.operands[0], op.operands[1:]
-        return (op.attrs.get("reg") == "entropy" and isinstance(op.parent.parent, Op)
-                and op.results[0] in self.ad.varied and gamma not in self.ad.varied
-                and all(isinstance(v.type, T.Scalar) and v.type.dtype == "f64"
-                        for v in list(op.operands) + op.results))
-
-    def soft_with_weights(self, op: Op) -> None:
-        """z = m + s*gamma*log(sum_k e_k), e_k = exp(s*(x_k - m)/gamma), m the s-extreme,
-        and w_k = e_k / sum e (the same arithmetic as the primitive); entries at -s*inf
-        get e_k = 0, and when m is infinite z = m and the weight is spread over the ties."""
-        b, vmap = self.b, self.vmap
-        s = 1 if op.name == "smaxn" else -1
-        g = vmap[op.operands[0]]
-        xs = [vmap[x] for x in op.operands[1:]]
-        inf, zero, one = b.const(float("inf")), b.const(0.0), b.const(1.0)
-        m = b.prim("maxn" if s > 0 else "minn", *xs)
-        fin = b.prim("lt", b.prim("abs", m), inf)
-        mf = b.prim("where", fin, m, zero)
-        es, ties = [], []
-        for x in xs:
-            fx = b.prim("lt", b.prim("abs", x), inf)
-            d = b.prim("sub", b.prim("where", fx, x, mf), mf)
-            if s < 0:
-                d = b.prim("neg", d)
-            es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, g)), zero))
-            ties.append(b.prim("cast", b.prim("eq", x, m), dtype="f64"))
-        total = es[0]
-        for e in es[1:]:
-            total = b.prim("add", total, e)
-        lg = b.prim("mul", b.prim("mul", b.const(float(s)), g), b.prim("log", total))
-        z = b.prim("where", fin, b.prim("add", mf, lg), m, hint=op.results[0].hint)
-        count = ties[0]
-        for t in ties[1:]:
-            count = b.prim("add", count, t)
-        count = b.prim("where", b.prim("gt", count, zero), count, one)
-        safe = b.prim("where", b.prim("gt", total, zero), total, one)
-        self.weights[op] = [b.prim("where", fin, b.prim("div", e, safe),
-                                   b.prim("div", t, count), hint="w") for e, t in zip(es, ties)]
-        vmap[op.results[0]] = z
+    def with_partials(self, op: Op) -> bool:
+        """A scalar op inside a loop whose primitive can give its value together with its
+        partial derivatives (``Primitive.residuals``: a soft DP cell's weights): emit that
+        in the forward sweep, so the reverse sweep multiplies by taped partials instead
+        of recomputing them (no exp per cell)."""
+        p = REGISTRY.get(op.name)
+        if p is None or p.residuals is None or not isinstance(op.parent.parent, Op) \
+                or len(op.results) != 1 or op.results[0] not in self.ad.varied:
+            return False
+        need = [x in self.ad.varied for x in op.operands]
+        with self.b.located(op.loc):
+            got = p.residuals(self.b, [self.vmap[x] for x in op.operands], dict(op.attrs),
+                              need)
+        if got is None:
+            return False
+        value, self.partials[op] = got
+        value.hint = value.hint or op.results[0].hint
+        self.vmap[op.results[0]] = value
+        return True
 
 
 # ----------------------------------------------------------------------- reverse sweep
@@ -512,8 +485,8 @@ class Ctx:
             return self.reverse_call(op)
         if n == "tape_push" or n == "tape_pop":
             return self.reverse_tape(op)
-        if op in self.ad.fw.weights:
-            return self.reverse_soft_with_weights(op)
+        if op in self.ad.fw.partials:
+            return self.reverse_from_partials(op)
         p = REGISTRY.get(n)
         if p is None:
             raise DPInternalError(f"reverse AD: unknown op '{n}'", op.loc)
@@ -582,12 +555,12 @@ class Ctx:
             elif contribs[k] is not None:
                 self.add_adj(x, subst.get(contribs[k], contribs[k]))
 
-    def reverse_soft_with_weights(self, op: Op) -> None:
+    def reverse_from_partials(self, op: Op) -> None:
         g = self.adj.get(op.results[0])
         if g is None:
             return
-        for x, w in zip(op.operands[1:], self.ad.fw.weights[op]):
-            if x in self.ad.varied:
+        for x, w in zip(op.operands, self.ad.fw.partials[op]):
+            if x in self.ad.varied and w is not None:
                 w = self.fwd_value(w)
                 with self.b.at(self.rev):
                     self.add_adj(x, self.b.prim("mul", g, w))
@@ -901,34 +874,34 @@ def _loop_nest(body: Region, region: Region):
     return (outer, loops) if outer is not None else None
 
 
+def _step_sign(b: Builder, step):
+    c = _const_of(step)
+    if c is not None:
+        return b.const(1 if c > 0 else -1)
+    return b.prim("where", b.prim("gt", step, b.const(0)), b.const(1), b.const(-1))
+
+
 def _trip_count(b: Builder, lo, hi, step):
-    so = step.owner
-    if isinstance(so, Op) and so.name == "const" and so.attrs["value"] == 1:
+    """The number of iterations of range(lo, hi, step)."""
+    if _const_of(step) == 1:
         return b.prim("maximum", b.prim("sub", hi, lo), b.const(0))
-    sgn = b.prim("where", b.prim("gt", step, b.const(0)), b.const(1), b.const(-1))
-    span = b.prim("sub", b.prim("add", b.prim("sub", hi, lo), step), sgn)
-    return b.prim("maximum", b.prim("floordiv", span, step), b.const(0))
+    span = b.prim("sub", b.prim("add", b.prim("sub", hi, lo), step), _step_sign(b, step))
+    return b.prim("maximum", b.prim("floordiv", span, step), b.const(0), hint="trips")
 
 
 def _reverse_range(b: Builder, lo, hi, step):
     """(last, stop, -step) such that range(last, stop, -step) visits range(lo, hi, step)
     backwards."""
-    so = step.owner
-    if isinstance(so, Op) and so.name == "const":
-        c = int(so.attrs["value"])
-        if c == 1:          # range(lo, hi): hi - 1 down to lo
-            return (b.prim("sub", b.prim("maximum", hi, lo), b.const(1)),
-                    b.prim("sub", lo, b.const(1)), b.const(-1))
-        if c == -1:         # range(lo, hi, -1): hi + 1 up to lo
-            return (b.prim("add", b.prim("minimum", hi, lo), b.const(1)),
-                    b.prim("add", lo, b.const(1)), b.const(1))
-        sgn = b.const(1 if c > 0 else -1)
-    else:
-        sgn = b.prim("where", b.prim("gt", step, b.const(0)), b.const(1), b.const(-1))
-    span = b.prim("sub", b.prim("add", b.prim("sub", hi, lo), step), sgn)
-    trips = b.prim("maximum", b.prim("floordiv", span, step), b.const(0), hint="trips")
+    c = _const_of(step)
+    if c == 1:          # range(lo, hi): hi - 1 down to lo
+        return (b.prim("sub", b.prim("maximum", hi, lo), b.const(1)),
+                b.prim("sub", lo, b.const(1)), b.const(-1))
+    if c == -1:         # range(lo, hi, -1): hi + 1 up to lo
+        return (b.prim("add", b.prim("minimum", hi, lo), b.const(1)),
+                b.prim("add", lo, b.const(1)), b.const(1))
+    trips = _trip_count(b, lo, hi, step)
     last = b.prim("add", lo, b.prim("mul", b.prim("sub", trips, b.const(1)), step))
-    return last, b.prim("sub", lo, sgn), b.prim("neg", step)
+    return last, b.prim("sub", lo, _step_sign(b, step)), b.prim("neg", step)
 
 
 # ----------------------------------------------------------------------- the pass
@@ -1060,7 +1033,7 @@ def inline_calls(func: Func, program: Program, limit: int = 2000) -> Func:
     the callees' bodies, while the function stays under ``limit`` ops: the reverse sweep
     then reuses the forward sweep's values instead of running each callee's forward
     sweep again inside its VJP."""
-    from dplang.passes.simplify import clone_func
+    from dplang.passes.simplify import _replace_uses, clone_func
     func = clone_func(func)
     changed = True
     while changed:
@@ -1084,11 +1057,8 @@ def inline_calls(func: Func, program: Program, limit: int = 2000) -> Func:
             for o in new_ops:
                 o.parent = region
             region.ops[pos:pos + 1] = new_ops
-            outs = [pmap.get(x, x) for x in ret.operands]
-            rep = dict(zip(op.results, outs))
-            for o in func.walk():
-                if any(x in rep for x in o.operands):
-                    o.operands = [rep.get(x, x) for x in o.operands]
+            for old, new in zip(op.results, ret.operands):
+                _replace_uses(func.body, old, pmap.get(new, new))
             changed = True
             break
     return func

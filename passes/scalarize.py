@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
+from dplang.ir.analysis import uses as func_uses
 from dplang.ir.core import Func, Op, Program, Region, Value
+from dplang.passes.simplify import _replace_uses
 
 MAX_SIZE = 8
 
@@ -46,14 +48,6 @@ def _entries(shape):
     for n in shape:
         out = [e + (k,) for e in out for k in range(n)]
     return out
-
-
-def _uses(func: Func) -> dict:
-    uses: dict = {}
-    for op in func.walk():
-        for x in op.operands:
-            uses.setdefault(x, []).append(op)
-    return uses
 
 
 def _candidate(op: Op, k: int, uses: dict):
@@ -105,14 +99,14 @@ def _candidate(op: Op, k: int, uses: dict):
 def scalarize_func(func: Func) -> bool:
     changed = False
     while True:
-        uses = _uses(func)
+        uses = func_uses(func)
         for op in list(func.walk()):
             if op.name not in ("for", "while"):
                 continue
             for k in range(len(op.results)):
                 versions = _candidate(op, k, uses)
                 if versions is not None:
-                    _rewrite(op, k, versions, uses)
+                    _rewrite(func, op, k, versions, uses)
                     changed = True
                     break
             else:
@@ -122,7 +116,7 @@ def scalarize_func(func: Func) -> bool:
             return changed
 
 
-def _rewrite(op: Op, k: int, versions, uses) -> None:
+def _rewrite(func: Func, op: Op, k: int, versions, uses) -> None:
     is_for = op.name == "for"
     nb = 3 if is_for else 0
     off = 1 if is_for else 0
@@ -195,36 +189,27 @@ def _rewrite(op: Op, k: int, versions, uses) -> None:
         r.owner = op
     op.results[k:k + 1] = res
     # uses of the old result after the loop
-    func_uses = [u for u in uses.get(old_res, ())]
+    after = list(uses.get(old_res, ()))
     by_entry = dict(zip(ents, res))
     need_array = any(not (u.name == "getitem" and u.operands[0] is old_res
-                          and _const_index(u, 1, t.shape) is not None) for u in func_uses)
+                          and _const_index(u, 1, t.shape) is not None) for u in after)
     post = Region()
     pb = Builder(post, op.loc)
-    for u in func_uses:
+    for u in after:
         if u.name == "getitem" and u.operands[0] is old_res and \
                 _const_index(u, 1, t.shape) is not None:
-            _replace_everywhere(region, u.results[0], by_entry[_const_index(u, 1, t.shape)])
+            _replace_uses(func.body, u.results[0], by_entry[_const_index(u, 1, t.shape)])
     if need_array:
         arr = pb.prim("zeros", *[pb.const(d) for d in t.shape], dtype=dt, _shape=t.shape,
                       hint=old_res.hint)
         for e in ents:
             arr = pb.prim("setitem", arr, by_entry[e], *[pb.const(c) for c in e],
                           hint=old_res.hint)
-        _replace_everywhere(region, old_res, arr)
+        _replace_uses(func.body, old_res, arr)
     pos = region.ops.index(op) + 1
     for o in post.ops:
         o.parent = region
     region.ops[pos:pos] = post.ops
-
-
-def _replace_everywhere(region: Region, old: Value, new: Value) -> None:
-    top = region
-    while isinstance(top.parent, Op):
-        top = top.parent.parent
-    for o in top.walk():
-        if any(x is old for x in o.operands):
-            o.operands = [new if x is old else x for x in o.operands]
 
 
 def run(program: Program) -> Program:

@@ -434,6 +434,49 @@ _smaxn_rules("smaxn", 1)
 _smaxn_rules("sminn", -1)
 
 
+def _smaxn_residuals(sign):
+    """``Primitive.residuals`` of smaxn/sminn under entropy, for f64 scalars: z = m +
+    s*gamma*log(sum_k e_k) with e_k = exp(s*(x_k - m)/gamma) and m the s-extreme (the
+    arithmetic of the primitive), and the weights w_k = e_k / sum e, the partials
+    dz/dx_k; entries at -s*inf get e_k = 0, and when m is infinite z = m and the weight
+    is spread over the ties.  Not for gamma's partial (None when it is needed)."""
+    def residuals(b, operands, attrs, need):
+        gamma, xs = operands[0], operands[1:]
+        if attrs.get("reg") != "entropy" or need[0] or not all(
+                isinstance(v.type, T.Scalar) and v.type.dtype == "f64" for v in operands):
+            return None
+        inf, zero, one = b.const(INF), b.const(0.0), b.const(1.0)
+        m = b.prim("maxn" if sign > 0 else "minn", *xs)
+        fin = b.prim("lt", b.prim("abs", m), inf)
+        mf = b.prim("where", fin, m, zero)
+        es, ties = [], []
+        for x in xs:
+            fx = b.prim("lt", b.prim("abs", x), inf)
+            d = b.prim("sub", b.prim("where", fx, x, mf), mf)
+            if sign < 0:
+                d = b.prim("neg", d)
+            es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, gamma)), zero))
+            ties.append(b.prim("cast", b.prim("eq", x, m), dtype="f64"))
+        total = es[0]
+        for e in es[1:]:
+            total = b.prim("add", total, e)
+        lg = b.prim("mul", b.prim("mul", b.const(float(sign)), gamma), b.prim("log", total))
+        z = b.prim("where", fin, b.prim("add", mf, lg), m)
+        count = ties[0]
+        for t in ties[1:]:
+            count = b.prim("add", count, t)
+        count = b.prim("where", b.prim("gt", count, zero), count, one)
+        safe = b.prim("where", b.prim("gt", total, zero), total, one)
+        w = [b.prim("where", fin, b.prim("div", e, safe), b.prim("div", t, count), hint="w")
+             for e, t in zip(es, ties)]
+        return z, [None] + w
+    return residuals
+
+
+REGISTRY["smaxn"].residuals = _smaxn_residuals(1)
+REGISTRY["sminn"].residuals = _smaxn_residuals(-1)
+
+
 def _spair_infer(name):
     def infer(types, attrs):
         numeric(types[:2], name)
