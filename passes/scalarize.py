@@ -139,10 +139,7 @@ def _rewrite(func: Func, op: Op, k: int, versions, uses) -> None:
     # new region args for every region of the loop (a while's condition too)
     new_args = {}
     for reg in op.regions:
-        i = off + k if reg is body else k
-        if not is_for and reg is op.regions[0]:
-            i = k
-        a = reg.args[i]
+        i = off + k if reg is body else k       # a while's regions have no iv
         vals = [Value(T.Scalar(dt), f"{hint}_{'_'.join(map(str, e))}") for e in ents]
         for v in vals:
             v.owner = reg

@@ -37,7 +37,7 @@ from dplang.ir.primitives.reductions import (dtype_of, need_scalar, norm_axes, n
                                              out, promote_all, reduced_shape)
 from dplang.ir.primitives.rules import (INF, ZERO, add_all, array, axes_of, finite, finite_or_zero,
                                         rules, sargmax, sargmin, spread, where, xlogy0,
-                                        eq, exp)
+                                        E, builder, lift)
 
 REGS = ("entropy", "l2")
 
@@ -396,21 +396,11 @@ def soft_choice(xs, gamma, z, reg, sign):
 
 def _scalar_entropy_choice(xs, gamma, z, sign):
     """``soft_choice`` for scalars under entropy, in scalar arithmetic (no arrays, so a
-    DP cell's reverse step allocates nothing): w_k = exp(sign (x_k - z) / gamma), which is
-    0 for the entries at -sign*inf; when z itself is infinite the weight is spread
-    uniformly over the entries equal to it (as sargmax does)."""
+    DP cell's reverse step allocates nothing): the weights of ``_entropy_cell``."""
     xs = [x.astype(z.dtype) for x in xs]
-    fin = finite(z)
-    zf = where(fin, z, 0)
-    ties = [eq(x, z).astype(z.dtype) for x in xs]
-    count = add_all(ties)
-    count = where(count > 0, count, 1)
-    # every branch finite (no inf - inf, no 0 / 0), so derivatives of any order are too
-    w = []
-    for x, t in zip(xs, ties):
-        fx = finite(x)
-        e = exp((where(fx, x, zf) - zf) * sign / gamma)
-        w.append(where(fin, where(fx, e, 0), t / count))
+    g = lift(gamma).astype(z.dtype)
+    _, wv = _entropy_cell(builder(), g.v, [x.v for x in xs], sign)
+    w = [E(v) for v in wv]
     # d/d gamma (the entropy of the weights) needs log-weights computed from shifted
     # entries to stay exact near one-hot weights: the array route, emitted (and kept by
     # the AD passes) only when gamma itself is differentiated
@@ -434,41 +424,52 @@ _smaxn_rules("smaxn", 1)
 _smaxn_rules("sminn", -1)
 
 
-def _smaxn_residuals(sign):
-    """``Primitive.residuals`` of smaxn/sminn under entropy, for f64 scalars: z = m +
+def _entropy_cell(b, gamma, xs, sign):
+    """smaxn (sign 1) / sminn (-1) of scalars under entropy, in elementary ops: z = m +
     s*gamma*log(sum_k e_k) with e_k = exp(s*(x_k - m)/gamma) and m the s-extreme (the
-    arithmetic of the primitive), and the weights w_k = e_k / sum e, the partials
-    dz/dx_k; entries at -s*inf get e_k = 0, and when m is infinite z = m and the weight
-    is spread over the ties.  Not for gamma's partial (None when it is needed)."""
+    arithmetic of the primitive), and the weights w_k = e_k / sum e, exact even for a tiny
+    gamma (never computed from the rounded z); entries at -s*inf get e_k = 0, when m is
+    infinite z = m and the weight is spread over the ties.  Every branch is finite, so
+    derivatives of any order are too.  Returns (z, [w_k])."""
+    dt = xs[0].type.dtype
+    c = lambda v: b.const(v, T.Scalar(dt))                      # noqa: E731
+    inf, zero, one = c(INF), c(0.0), c(1.0)
+    m = b.prim("maxn" if sign > 0 else "minn", *xs)
+    fin = b.prim("lt", b.prim("abs", m), inf)
+    mf = b.prim("where", fin, m, zero)
+    es, ties = [], []
+    for x in xs:
+        fx = b.prim("lt", b.prim("abs", x), inf)
+        d = b.prim("sub", b.prim("where", fx, x, mf), mf)
+        if sign < 0:
+            d = b.prim("neg", d)
+        es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, gamma)), zero))
+        ties.append(b.prim("cast", b.prim("eq", x, m), dtype=dt))
+    total = es[0]
+    for e in es[1:]:
+        total = b.prim("add", total, e)
+    lg = b.prim("mul", b.prim("mul", c(float(sign)), gamma), b.prim("log", total))
+    z = b.prim("where", fin, b.prim("add", mf, lg), m)
+    count = ties[0]
+    for t in ties[1:]:
+        count = b.prim("add", count, t)
+    count = b.prim("where", b.prim("gt", count, zero), count, one)
+    safe = b.prim("where", b.prim("gt", total, zero), total, one)
+    w = [b.prim("where", fin, b.prim("div", e, safe), b.prim("div", t, count), hint="w")
+         for e, t in zip(es, ties)]
+    return z, w
+
+
+def _smaxn_residuals(sign):
+    """``Primitive.residuals`` of smaxn/sminn under entropy, for f64 scalars: the value
+    and the weights (the partials dz/dx_k) from ``_entropy_cell``; not gamma's partial
+    (None when it is needed)."""
     def residuals(b, operands, attrs, need):
         gamma, xs = operands[0], operands[1:]
         if attrs.get("reg") != "entropy" or need[0] or not all(
                 isinstance(v.type, T.Scalar) and v.type.dtype == "f64" for v in operands):
             return None
-        inf, zero, one = b.const(INF), b.const(0.0), b.const(1.0)
-        m = b.prim("maxn" if sign > 0 else "minn", *xs)
-        fin = b.prim("lt", b.prim("abs", m), inf)
-        mf = b.prim("where", fin, m, zero)
-        es, ties = [], []
-        for x in xs:
-            fx = b.prim("lt", b.prim("abs", x), inf)
-            d = b.prim("sub", b.prim("where", fx, x, mf), mf)
-            if sign < 0:
-                d = b.prim("neg", d)
-            es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, gamma)), zero))
-            ties.append(b.prim("cast", b.prim("eq", x, m), dtype="f64"))
-        total = es[0]
-        for e in es[1:]:
-            total = b.prim("add", total, e)
-        lg = b.prim("mul", b.prim("mul", b.const(float(sign)), gamma), b.prim("log", total))
-        z = b.prim("where", fin, b.prim("add", mf, lg), m)
-        count = ties[0]
-        for t in ties[1:]:
-            count = b.prim("add", count, t)
-        count = b.prim("where", b.prim("gt", count, zero), count, one)
-        safe = b.prim("where", b.prim("gt", total, zero), total, one)
-        w = [b.prim("where", fin, b.prim("div", e, safe), b.prim("div", t, count), hint="w")
-             for e, t in zip(es, ties)]
+        z, w = _entropy_cell(b, gamma, xs, sign)
         return z, [None] + w
     return residuals
 
