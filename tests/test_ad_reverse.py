@@ -548,3 +548,17 @@ def test_taped_partials_of_soft_cells_match_the_rules(x, g):
         e[k] = 1.0
         _, t = dp.jvp(m.cell)(x, g, e)
         assert gr[k] == pytest.approx(t, rel=1e-12, abs=1e-300)
+
+
+def test_transforms_of_jitted_functions_before_the_first_call():
+    @dp.jit
+    def sq(x):
+        return np.sum(x * x)
+
+    g = dp.grad(sq)
+    with pytest.raises(dp.DPError, match="has not been called yet"):
+        g.ir()
+    np.testing.assert_allclose(g(np.array([1.0, -2.0])), [2.0, -4.0])
+    assert "grad_" in g.ir()
+    with pytest.raises(TypeError, match="compiled dplang function"):
+        dp.grad(lambda x: x)
