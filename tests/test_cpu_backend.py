@@ -226,3 +226,21 @@ def test_cpu_is_the_default_backend():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["cpu", "<dplang", "function", "f", "(cpu)>", "3.0"]
+
+
+def test_allocator_tuning_applies_once_and_can_be_turned_off():
+    import subprocess
+    import sys
+    code = ("import numpy as np, dplang as dp\n"
+            "from dplang.backends.cpu import memory\n"
+            "m = dp.compile('def f(x: f64) -> f64:\\n    return x * 2.0\\n', backend='cpu')\n"
+            "assert m.f(1.5) == 3.0\n"
+            "print(memory.applied, memory._done)\n")
+    import platform
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "DPLANG_MALLOPT": "0"})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert on.stdout.split() == [str(glibc), "True"]
+    assert off.stdout.split() == ["False", "True"]

@@ -37,6 +37,7 @@ from dplang.ir import types as T
 from dplang.ir.core import Func, Program
 
 from dplang.backends.cpu import cache as _cache
+from dplang.backends.cpu import memory as _memory
 from dplang.backends.cpu.codegen import Generated, generate
 
 __all__ = ["run_func", "source", "stats", "compiled_function"]
@@ -153,6 +154,7 @@ def compiled_function(program: Program, key: str, vals: list):
     if disp is not None:
         return disp
     with _lock:
+        _memory.tune()
         mod = _import(digest, gen.text)
         disp = getattr(mod, fname)
         try:

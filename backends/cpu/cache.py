@@ -40,11 +40,21 @@ def cache_root() -> str:
     return root
 
 
+_VERSIONS: str | None = None
+
+
 def versions() -> str:
-    import numba
-    from dplang.backends.cpu.codegen import CODEGEN_VERSION
-    return (f"py{sys.version_info[0]}{sys.version_info[1]}-np{np.__version__}-"
-            f"numba{numba.__version__}-cg{CODEGEN_VERSION}")
+    """What compiled code depends on besides its own text: the versions, and the text of
+    runtime.py (Numba's cache does not notice a change in a callee's file)."""
+    global _VERSIONS
+    if _VERSIONS is None:
+        import numba
+        from dplang.backends.cpu.codegen import CODEGEN_VERSION
+        with open(os.path.join(os.path.dirname(__file__), "runtime.py"), "rb") as fh:
+            rt = hashlib.sha256(fh.read()).hexdigest()[:12]
+        _VERSIONS = (f"py{sys.version_info[0]}{sys.version_info[1]}-np{np.__version__}-"
+                     f"numba{numba.__version__}-cg{CODEGEN_VERSION}-rt{rt}")
+    return _VERSIONS
 
 
 def digest_of(text: str) -> str:

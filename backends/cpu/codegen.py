@@ -827,20 +827,25 @@ class FuncGen:
         self.natural = "f64"
         return scalar_fn(src)
 
-    def _math(name):
+    def _math(name, vectorised=False):
+        # exp, expm1, tanh of arrays: the runtime's vectorisable versions (runtime.py,
+        # "vector-friendly math"); scalars keep libm, whose latency is lower
         def h(self, op, ind):
-            return self._float_fn(op, lambda s: f"math.{name}({s})", lambda s: f"np.{name}({s})")
+            return self._float_fn(
+                op, lambda s: f"math.{name}({s})",
+                (lambda s: f"{self.mod.helper('rt_' + name + '_a')}({s})") if vectorised
+                else (lambda s: f"np.{name}({s})"))
         return h
 
-    p_exp = _math("exp")
+    p_exp = _math("exp", True)
     p_log = _math("log")
     p_log1p = _math("log1p")
-    p_expm1 = _math("expm1")
+    p_expm1 = _math("expm1", True)
     p_sqrt = _math("sqrt")
     p_sin = _math("sin")
     p_cos = _math("cos")
     p_tan = _math("tan")
-    p_tanh = _math("tanh")
+    p_tanh = _math("tanh", True)
     del _math
 
     def p_sigmoid(self, op, ind):
