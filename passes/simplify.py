@@ -119,6 +119,9 @@ class Simplifier:
                 return a[1]
         if op.name == "div" and len(a) == 2 and _is(a[1], 1) and same(a[0]):
             return a[0]
+        # x ** 1 is x exactly (nan and inf included); the derivative of x ** 2 makes it
+        if op.name == "pow" and len(a) == 2 and _is(a[1], 1) and same(a[0]):
+            return a[0]
         if op.name == "neg":
             o = a[0].owner
             if isinstance(o, Op) and o.name == "neg" and same(o.operands[0]):

@@ -86,3 +86,13 @@ def test_numba_scalar_view_is_a_bit_cast():
     assert rt.rt_pow2(0) == 1.0 and rt.rt_pow2(-1022) == 2.0 ** -1022
     assert rt.rt_pow2(1023) == 2.0 ** 1023
 
+
+
+def test_derivative_of_a_square_has_no_power_left():
+    # d/dx x ** 2 = 2 * x ** 1: simplify drops the ** 1 (a pow call per element otherwise)
+    m = dp.compile("def f(x: f64[n]) -> f64:\n    return sum(x ** 2.0)\n", filename="sq.dp",
+                   backend="cpu")
+    g = dp.grad(m.f)
+    x = np.array([1.5, -2.0, np.inf, 0.0])
+    np.testing.assert_array_equal(g(x), 2 * x)
+    assert "**" not in g.source().split("def grad_f", 1)[1]

@@ -289,12 +289,15 @@ def rt_max1(a):
     if a.size == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     m = a[0]
-    for i in range(1, a.size):
+    bad = m != m
+    for i in range(1, a.size):          # branch-free: a NaN is looked up afterwards
         v = a[i]
-        if m != m:
-            return m
-        if v != v or v > m:
-            m = v
+        bad |= v != v
+        m = v if v > m else m
+    if bad:
+        for i in range(a.size):
+            if a[i] != a[i]:
+                return a[i]
     return m
 
 
@@ -303,12 +306,15 @@ def rt_min1(a):
     if a.size == 0:
         raise ValueError("zero-size array to reduction operation minimum which has no identity")
     m = a[0]
-    for i in range(1, a.size):
+    bad = m != m
+    for i in range(1, a.size):          # branch-free: a NaN is looked up afterwards
         v = a[i]
-        if m != m:
-            return m
-        if v != v or v < m:
-            m = v
+        bad |= v != v
+        m = v if v < m else m
+    if bad:
+        for i in range(a.size):
+            if a[i] != a[i]:
+                return a[i]
     return m
 
 
