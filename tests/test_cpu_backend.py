@@ -244,3 +244,42 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
     glibc = platform.libc_ver()[0] == "glibc"
     assert on.stdout.split() == [str(glibc), "True"]
     assert off.stdout.split() == ["False", "True"]
+
+
+def test_lu_solve_with_the_factorisation_and_its_transpose():
+    from dplang.backends.cpu import runtime as rt
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((7, 7))          # pivoting swaps rows here
+    B = rng.standard_normal((7, 3))
+    LU, piv = rt.rt_lu(A)
+    assert not np.array_equal(piv, np.arange(7))
+    np.testing.assert_allclose(rt.rt_lu_solve2(LU, piv, B, False), np.linalg.solve(A, B),
+                               rtol=1e-12)
+    np.testing.assert_allclose(rt.rt_lu_solve2(LU, piv, B, True), np.linalg.solve(A.T, B),
+                               rtol=1e-12)
+    np.testing.assert_allclose(rt.rt_lu_solve1(LU, piv, B[:, 0], True),
+                               np.linalg.solve(A.T, B[:, 0]), rtol=1e-12)
+
+
+def test_gradient_of_solve_factorises_once():
+    # the reverse sweep of solve(M, b) solves with M.T: one LU serves both
+    src = ("def f(A: f64[n, n], b: f64[n]) -> f64:\n"
+           "    M = A @ A.T + eye(n)\n"
+           "    x = solve(M, b)\n"
+           "    return sum(x * x)\n")
+    cpu = dp.compile(src, filename="lu.dp", backend="cpu")
+    ref = dp.compile(src, filename="lu.dp", backend="interp")
+    rng = np.random.default_rng(0)
+    A, b = rng.standard_normal((9, 9)), rng.standard_normal(9)
+    for wrt in (0, 1):
+        g = dp.grad(cpu.f, wrt=wrt)
+        np.testing.assert_allclose(g(A, b), dp.grad(ref.f, wrt=wrt)(A, b), rtol=1e-11)
+        body = g.source().split("def grad_f", 1)[1]
+        assert body.count("rt_lu(") == 1 and body.count("rt_lu_solve1(") == 2
+        assert "rt_solve1(" not in body
+    # a singular matrix is still a located error
+    src2 = src.replace("A @ A.T + eye(n)", "A @ A.T")
+    bad = dp.compile(src2, filename="lu.dp", backend="cpu")
+    with pytest.raises(dp.DPError) as ei:
+        dp.grad(bad.f)(np.zeros((3, 3)), np.ones(3))
+    assert "lu.dp:3:" in str(ei.value)

@@ -375,6 +375,8 @@ class FuncGen:
         self._name_values()
         self._scan_uses()
         self.lines: list[str] = []
+        self.lu_plan = self._plan_lu()
+        self.lu_names: dict = {}
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -1110,9 +1112,53 @@ class FuncGen:
             e = f"np.transpose({self.ref(x)}, {_shape_tuple([str(p) for p in perm])})"
         return f"{e}.copy()" if self.view_needs_copy(op) else e
 
+    @staticmethod
+    def _solve_matrix(op: Op):
+        """(X, transposed) for ``solve(X, b)`` or ``solve(X.T, b)``."""
+        A = op.operands[0]
+        o = A.owner
+        if isinstance(o, Op) and o.name == "transpose" and A.type.ndim == 2 and \
+                tuple(o.attrs.get("axes") or (1, 0)) in ((1, 0), (-1, -2), (1, -2), (-1, 0)):
+            return o.operands[0], True
+        return A, False
+
+    def _plan_lu(self) -> dict:
+        """Solves in one region with the same float64 matrix X or its transpose (the
+        reverse sweep of ``solve(X, b)`` solves with X.T) share one LU factorisation:
+        ``{solve op: (X, transposed)}`` for every such group of two or more."""
+        plan = {}
+
+        def walk(region: Region):
+            groups: dict = {}
+            for op in region.ops:
+                for r in op.regions:
+                    walk(r)
+                if op.name == "solve":
+                    X, tr = self._solve_matrix(op)
+                    if X.type.dtype == "f64":
+                        groups.setdefault(X, []).append((op, tr))
+            for X, members in groups.items():
+                if len(members) > 1:
+                    for op, tr in members:
+                        plan[op] = (X, tr)
+        walk(self.func.body)
+        return plan
+
     def p_solve(self, op, ind):
         A, b = op.operands
         self.natural = "f64"
+        plan = self.lu_plan.get(op)
+        if plan is not None:
+            X, tr = plan
+            if X not in self.lu_names:
+                lu, piv = self.fresh("lu"), self.fresh("piv")
+                self.line(ind, f"# one LU factorisation of {self.ref(X)} for its solves "
+                          f"(with {self.ref(X)} and its transpose)")
+                self.line(ind, f"{lu}, {piv} = {self.mod.helper('rt_lu')}({self.ref(X)})", op)
+                self.lu_names[X] = (lu, piv)
+            lu, piv = self.lu_names[X]
+            h = self.mod.helper("rt_lu_solve1" if b.type.ndim == 1 else "rt_lu_solve2")
+            return f"{h}({lu}, {piv}, {self.val(b, 'f64')}, {tr})"
         h = self.mod.helper("rt_solve1" if b.type.ndim == 1 else "rt_solve2")
         return f"{h}({self.val(A, 'f64')}, {self.val(b, 'f64')})"
 

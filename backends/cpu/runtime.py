@@ -696,33 +696,63 @@ def rt_lu(A):
 
 
 @jit
-def rt_solve2(A, B):
-    LU, piv = rt_lu(A)
+def rt_lu_solve2(LU, piv, B, trans):
+    """X with A X = B (``trans``: A^T X = B) from rt_lu's factorisation P A = L U
+    (row i of P A is row piv[i] of A); A^T = U^T L^T P."""
     n = LU.shape[0]
     if B.shape[0] != n:
         raise ValueError("solve: the right-hand side has the wrong number of rows")
     m = B.shape[1]
     X = np.empty((n, m), np.float64)
-    for i in range(n):
-        for c in range(m):
-            X[i, c] = B[piv[i], c]
-    for c in range(m):
+    if not trans:
         for i in range(n):
-            s = X[i, c]
+            for c in range(m):
+                X[i, c] = B[piv[i], c]
+        for c in range(m):
+            for i in range(n):
+                s = X[i, c]
+                for p in range(i):
+                    s -= LU[i, p] * X[p, c]
+                X[i, c] = s
+            for i in range(n - 1, -1, -1):
+                s = X[i, c]
+                for p in range(i + 1, n):
+                    s -= LU[i, p] * X[p, c]
+                X[i, c] = s / LU[i, i]
+        return X
+    Z = np.empty((n, m), np.float64)
+    for c in range(m):
+        for i in range(n):              # U^T y = b
+            s = B[i, c]
             for p in range(i):
-                s -= LU[i, p] * X[p, c]
-            X[i, c] = s
-        for i in range(n - 1, -1, -1):
-            s = X[i, c]
+                s -= LU[p, i] * Z[p, c]
+            Z[i, c] = s / LU[i, i]
+        for i in range(n - 1, -1, -1):  # L^T z = y (unit diagonal)
+            s = Z[i, c]
             for p in range(i + 1, n):
-                s -= LU[i, p] * X[p, c]
-            X[i, c] = s / LU[i, i]
+                s -= LU[p, i] * Z[p, c]
+            Z[i, c] = s
+    for i in range(n):                  # x = P^T z
+        for c in range(m):
+            X[piv[i], c] = Z[i, c]
     return X
 
 
 @jit
+def rt_lu_solve1(LU, piv, b, trans):
+    B = np.ascontiguousarray(b).reshape((b.shape[0], 1))
+    return rt_lu_solve2(LU, piv, B, trans)[:, 0].copy()
+
+
+@jit
+def rt_solve2(A, B):
+    LU, piv = rt_lu(A)
+    return rt_lu_solve2(LU, piv, B, False)
+
+
+@jit
 def rt_solve1(A, b):
-    return rt_solve2(A, b.reshape((b.shape[0], 1)).copy())[:, 0].copy()
+    return rt_solve2(A, np.ascontiguousarray(b).reshape((b.shape[0], 1)))[:, 0].copy()
 
 
 @jit
