@@ -885,8 +885,10 @@ def _syntax_error(ctx: _Ctx, pyerr: SyntaxError) -> DPSyntaxError:
     if pyerr.lineno:
         line = pyerr.lineno
         col = pyerr.offset or 1
-        if isinstance(pyerr, IndentationError) and py_msg.startswith("unexpected indent") \
-                and 1 <= line <= len(ctx.lines):
+        # an indentation error points at the line's first character (Python puts
+        # "unindent does not match" at the end of the line)
+        if isinstance(pyerr, IndentationError) and py_msg.startswith(
+                ("unexpected indent", "unindent does not match")) and 1 <= line <= len(ctx.lines):
             s = ctx.lines[line - 1]
             col = len(s) - len(s.lstrip()) + 1
         py_pos = (line, max(col, 1))

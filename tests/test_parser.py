@@ -508,7 +508,7 @@ ERRORS = [
     ("def f(x):\nreturn x\n", S, 2, 1, "expected an indented block"),
     ("def f(x):\n", S, 1, 10, "expected an indented block"),
     ("def f(x):\n    y = 1\n      z = 2\n", S, 3, 7, "unexpected indent"),
-    ("def f(x):\n    if x:\n        y = 1\n      z = 2\n", S, 4, 12, "unindent does not match"),
+    ("def f(x):\n    if x:\n        y = 1\n      z = 2\n", S, 4, 7, "unindent does not match"),
     ("  K = 1\n", S, 1, 3, "unexpected indent"),
     ("def f(x):\n    return x $ 2\n", S, 2, 14, "unexpected character '$'"),
     ("def f(x):\n    y = (x + 1\n    return y\n", S, 2, 9, "'(' was never closed"),
