@@ -293,14 +293,14 @@ class FunctionLowerer:
                             self.b.op("assert", [ok, dv, first], [], {
                                 "msg": f"parameter '{p.name}': dimension {nm} is {{1}} but "
                                        f"parameter '{pname}' gives {nm} = {{2}}",
-                                "kind": "shape"})
+                                "kind": "shape", "entry": True})
                 elif isinstance(d, int):
                     with self.b.located(p.loc):
                         dv = self.prim("dim", v, axis=ax)
                         ok = self.prim("eq", dv, self.const(d))
                         self.b.op("assert", [ok, dv], [], {
                             "msg": f"parameter '{p.name}': axis {ax} has size {{1}}, expected {d}",
-                            "kind": "shape"})
+                            "kind": "shape", "entry": True})
         self.env = env
         self.lower_block(fd.body, env)
         if env.flags["$ret"] is not True:

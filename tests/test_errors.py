@@ -581,11 +581,19 @@ def test_call_sizes_disagree_in_callee_at_run_time():
         def f(a: f64[k], b: f64[m]) -> f64:
             return g(a, b)
         """)
-    mod = dp.compile(source, filename="bad.dp")
-    with pytest.raises(DPShapeError) as info:
-        mod.f(np.ones(3), np.ones(4))
-    assert info.value.message == "parameter 'y': dimension n is 4 but parameter 'x' gives n = 3"
-    assert (info.value.loc.line, info.value.loc.col) == (1, 18)     # g's parameter y
+    for backend in ("interp", "cpu"):
+        mod = dp.compile(source, filename="bad.dp", backend=backend)
+        with pytest.raises(DPShapeError) as info:
+            mod.f(np.ones(3), np.ones(4))
+        # located at the call whose arguments do not fit, with g's parameter as a note
+        assert info.value.message == ("in this call of g: parameter 'y': dimension n is 4 "
+                                      "but parameter 'x' gives n = 3")
+        assert (info.value.loc.line, info.value.loc.col) == (5, 12)
+        assert "bad.dp:1:18" in info.value.note                     # g's parameter y
+        # called directly, g itself reports its argument
+        with pytest.raises(DPShapeError) as info:
+            mod.g(np.ones(3), np.ones(4))
+        assert (info.value.loc.line, info.value.loc.col) == (1, 18)
 
 
 # ---------------------------------------------------------------- runtime errors

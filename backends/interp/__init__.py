@@ -233,7 +233,9 @@ def _assert(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
         except (IndexError, KeyError, ValueError):
             pass
     cls = DPShapeError if op.attrs.get("kind") == "shape" else DPAssertionError
-    raise cls(msg, op.loc)
+    err = cls(msg, op.loc)
+    err.entry_check = bool(op.attrs.get("entry"))   # a parameter's shape, checked on entry
+    raise err
 
 
 def _inits(op: Op, start: int, env: dict, plan: _Plan) -> list:
@@ -288,7 +290,15 @@ def _if(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
 
 def _call(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
     f = run.lookup(op.attrs.get("callee"), op)
-    out = run.call(f, [env[v] for v in op.operands])
+    try:
+        out = run.call(f, [env[v] for v in op.operands])
+    except DPShapeError as e:
+        if not getattr(e, "entry_check", False) or op.loc is None:
+            raise
+        # the arguments of this call do not fit the callee's parameters: say so here
+        where = f" (declared at {e.loc})" if e.loc is not None else ""
+        raise DPShapeError(f"in this call of {f.name}: {e.message}", op.loc,
+                           note=f"{f.name}'s parameter{where}") from None
     for r, v in zip(op.results, out):
         env[r] = v
 
