@@ -147,6 +147,34 @@ def test_values(prog, name):
     check(fi, fc, args)
 
 
+def with_special_entries(args, seed):
+    """The float arrays of ``args`` with about a quarter of their entries (and about a
+    quarter of the float scalars) replaced by inf, -inf, nan, -0.0 or 0.0 (DP tables have inf borders: sums, minima and soft
+    operators must treat them as NumPy does)."""
+    rng = np.random.default_rng(seed)
+    specials = np.array([np.inf, -np.inf, np.nan, -0.0, 0.0])
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size:
+            a = a.copy()
+            flat = a.reshape(-1)
+            hit = rng.random(flat.size) < 0.25
+            flat[hit] = specials[rng.integers(0, len(specials), int(hit.sum()))]
+        elif isinstance(a, (float, np.floating)) and rng.random() < 0.25:
+            a = type(a)(specials[rng.integers(0, len(specials))])
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("prog,name", FUNCS, ids=[f"{p}::{n}" for p, n in FUNCS])
+def test_values_with_inf_nan_and_signed_zeros(prog, name):
+    fi, fc = getattr(load(prog, "interp"), name), getattr(load(prog, "cpu"), name)
+    seed = zlib.crc32(name.encode())
+    args = with_special_entries(make_args(fi.func, seed), seed)
+    with np.errstate(all="ignore"):
+        check(fi, fc, args)
+
+
 # derivatives of these by default (every function with DPLANG_FULL_SWEEP=1): each
 # derivative is a new function for Numba to compile (seconds each, the first time)
 DERIVED = {"examples/dtw.dp::dtw", "examples/dtw.dp::dtw_series", "examples/mlp.dp::loss",
@@ -249,3 +277,19 @@ def test_primitive(name, k):
     z = c.prim.impl(*args, **attrs)
     w = np.asarray(rng.standard_normal(np.shape(z)), dtype=np.asarray(z).dtype)[()]
     _run_both(c.vjp(), list(args) + [w])
+
+
+def _all_first_cases():
+    import test_rules as TR
+    return [pytest.param(name, id=name) for name in sorted(TR.CASES)]
+
+
+@pytest.mark.parametrize("name", _all_first_cases())
+def test_primitive_with_inf_nan_and_signed_zeros(name):
+    # every primitive's first argument set with special entries in its float arrays
+    import test_rules as TR
+    args, attrs, fixed, order2 = TR.CASES[name]()[0]
+    c = TR.Case(name, args, attrs, fixed, order2)
+    special = with_special_entries(list(args), zlib.crc32(name.encode()))
+    with np.errstate(all="ignore"):
+        _run_both(c.primal(), special)

@@ -195,8 +195,13 @@ def rt_pwblock(a, lo, n):
     """NumPy's pairwise sum of a block ``a[lo:lo + n]``, ``n <= 128``: sequential below
     8 entries, else 8 accumulators."""
     if n < 8:
-        res = a[lo] * 0
-        for i in range(n):
+        # NumPy: res = 0; res += a[i]...  Starting from a[lo] gives the same sums (a
+        # zero becomes +0, as 0 + -0 does) without a typed zero: a[lo] * 0 would be nan
+        # for an infinite a[lo]
+        res = a[lo]
+        if res == 0:
+            res = res - res
+        for i in range(1, n):
             res += a[lo + i]
         return res
     r0 = a[lo]
@@ -377,9 +382,23 @@ def rt_norm1(a):
 # ---------------------------------------------------------------- row / column reductions
 @jit
 def rt_rows_sum(z):
-    out = np.empty(z.shape[0], z.dtype)
-    for r in range(z.shape[0]):
-        out[r] = rt_psum(z[r])
+    n, k = z.shape
+    out = np.empty(n, z.dtype)
+    if k == 0:
+        out[:] = 0
+    elif k < 8:
+        # rt_pwblock's short case, without a call per row (rows of a few entries are
+        # common: a loss summed over a small output axis)
+        for r in range(n):
+            res = z[r, 0]
+            if res == 0:
+                res = res - res         # +0, as in rt_pwblock
+            for c in range(1, k):
+                res += z[r, c]
+            out[r] = res
+    else:
+        for r in range(n):
+            out[r] = rt_psum(z[r])
     return out
 
 
