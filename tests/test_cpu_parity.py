@@ -293,3 +293,43 @@ def test_primitive_with_inf_nan_and_signed_zeros(name):
     special = with_special_entries(list(args), zlib.crc32(name.encode()))
     with np.errstate(all="ignore"):
         _run_both(c.primal(), special)
+
+
+# ---------------------------------------------------------------- the standard library
+def _stdlib_source():
+    import re
+    lines = []
+    for mod in ("align", "select", "sequence"):
+        with open(os.path.join(ROOT, "stdlib", "std", f"{mod}.dp")) as fh:
+            names = re.findall(r"^def (\w+)", fh.read(), re.M)
+        lines.append(f"from std.{mod} import {', '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+_STD = {}
+
+
+def std(backend):
+    if backend not in _STD:
+        _STD[backend] = dp.compile(_stdlib_source(), filename="std_all.dp", backend=backend)
+    return _STD[backend]
+
+
+def _std_functions():
+    import re
+    out = []
+    for mod in ("align", "select", "sequence"):
+        with open(os.path.join(ROOT, "stdlib", "std", f"{mod}.dp")) as fh:
+            out += re.findall(r"^def (\w+)", fh.read(), re.M)
+    return out
+
+
+@pytest.mark.parametrize("name", _std_functions())
+def test_stdlib_values(name):
+    # every stdlib function on both backends, on plain data and with inf/nan/-0.0 entries
+    fi, fc = getattr(std("interp"), name), getattr(std("cpu"), name)
+    for seed in range(2):
+        args = make_args(fi.func, seed)
+        check(fi, fc, args)
+        with np.errstate(all="ignore"):
+            check(fi, fc, with_special_entries(args, seed))
