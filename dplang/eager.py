@@ -378,15 +378,16 @@ def array(object, dtype=None):
 
 
 # ----------------------------------------------------------------- soft operators
-def _last_axis(name, axis):
-    if axis not in (-1, None):
+def _last_axis(name, axis, ndim):
+    if axis not in (-1, None) and axis != ndim - 1:
         raise ValueError(f"{name}() works along the last axis only")
 
 
 def softmax(x, axis=-1):
     """``exp(x) / sum(exp(x))`` along the last axis."""
-    _last_axis("softmax", axis)
-    return _impl("softmax")(_to_float(_arrayish(x)))
+    x = _to_float(_arrayish(x))
+    _last_axis("softmax", axis, np.ndim(x))
+    return _impl("softmax")(x)
 
 
 def sparsemax(x):

@@ -327,9 +327,10 @@ def lower_builtin_call(lw, name: str, e: A.Call, env, pre=None):
         return lw.cast(x, dt) if dt else x
     if name in ("softmax", "sparsemax", "onehot_argmax", "onehot_argmin"):
         args.check(1, ("axis",) if name == "softmax" else ())
-        if args.static(1, "axis", -1) not in (-1, None):
-            raise DPTypeError(f"{name}() works along the last axis only", e)
+        axis = args.static(1, "axis", -1)
         x = _arrayish(lw, args.get(0, "x"), args.node(0))
+        if axis not in (-1, None) and axis != x.type.ndim - 1:     # axis=1 of a matrix is fine
+            raise DPTypeError(f"{name}() works along the last axis only", e)
         if x.type.dtype in ("i64", "bool"):
             x = lw.cast(x, "f64")
         return p(name, x, node=e)

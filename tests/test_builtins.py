@@ -156,3 +156,21 @@ def test_builtin(mod, case):
     ret = sig.split("->")[1].strip()
     if ret.startswith("i64"):
         assert np.asarray(got).dtype == np.int64 or isinstance(got, int)
+
+
+def test_softmax_axis_may_name_the_last_axis():
+    src = ("def f(x: f64[n, m]) -> f64[n, m]:\n    return softmax(x, axis=1)\n\n"
+           "def g(x: f64[n, m]) -> f64[n, m]:\n    return softmax(x, axis=-1)\n")
+    mod = dp.compile(src, filename="sm.dp")
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    want = e / e.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(mod.f(x), want, rtol=1e-14)
+    np.testing.assert_allclose(mod.g(x), want, rtol=1e-14)
+    np.testing.assert_allclose(dp.softmax(x, axis=1), want, rtol=1e-14)     # eager
+    with pytest.raises(dp.DPTypeError) as ei:
+        dp.compile("def h(x: f64[n, m]) -> f64[n, m]:\n    return softmax(x, axis=0)\n",
+                   filename="sm.dp")
+    assert "last axis only" in str(ei.value) and "sm.dp:2:" in str(ei.value)
+    with pytest.raises(ValueError):
+        dp.softmax(x, axis=0)
