@@ -278,6 +278,8 @@ def rt_psum(a):
     """Sum of a 1-D array as NumPy computes it (pairwise for floats)."""
     if a.size == 0:
         return np.zeros(1, a.dtype)[0]
+    if a.size <= 128:                   # the common case, one call cheaper
+        return rt_pwblock(a, 0, a.size)
     return rt_pw(a, 0, a.size)
 
 
@@ -851,16 +853,23 @@ def rt_ties(z, m):
 
 
 @jit
-def rt_softmax1(z, gamma):
+def rt_softmax1_into(z, gamma, e):
+    """softmax(z / gamma) written into e (no allocation unless the maximum is infinite)."""
     m = rt_max1(z)
     if not np.isfinite(m):
-        return rt_ties(z, m)
-    e = np.empty(z.size, np.float64)
+        e[:] = rt_ties(z, m)
+        return
     for i in range(z.size):
         e[i] = rt_exp((z[i] - m) / gamma)
     s = rt_psum(e)
     for i in range(z.size):
         e[i] = e[i] / s
+
+
+@jit
+def rt_softmax1(z, gamma):
+    e = np.empty(z.size, np.float64)
+    rt_softmax1_into(z, gamma, e)
     return e
 
 
@@ -932,7 +941,7 @@ def rt_rows_softmax(z, gamma, l2):
         if l2:
             out[r] = rt_sparsemax1(z[r], gamma)
         else:
-            out[r] = rt_softmax1(z[r], gamma)
+            rt_softmax1_into(z[r], gamma, out[r])
     return out
 
 
