@@ -946,17 +946,6 @@ def rt_rows_softmax(z, gamma, l2):
 
 
 @jit
-def rt_smax1_into(z, gamma, e):
-    """rt_smax1 for "entropy", with the scratch buffer ``e`` (no allocation per row)."""
-    m = rt_max1(z)
-    if not np.isfinite(m):
-        return m
-    for i in range(z.size):
-        e[i] = rt_exp((z[i] - m) / gamma)
-    return m + gamma * math.log(rt_psum(e))
-
-
-@jit
 def rt_rows_smax(z, gamma, l2):
     rt_check_gamma(gamma)
     out = np.empty(z.shape[0], np.float64)
@@ -964,9 +953,26 @@ def rt_rows_smax(z, gamma, l2):
         for r in range(z.shape[0]):
             out[r] = rt_smax1(z[r], gamma, l2)
         return out
-    e = np.empty(z.shape[1], np.float64)
-    for r in range(z.shape[0]):
-        out[r] = rt_smax1_into(z[r], gamma, e)
+    n, k = z.shape
+    if n and k == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    e = np.empty(k, np.float64)
+    for r in range(n):
+        # rt_smax1's entropy case with a shared scratch row and the maximum computed
+        # in place (rows are often short: a call with array arguments costs more than
+        # the row's arithmetic)
+        m = z[r, 0]
+        bad = m != m
+        for i in range(1, k):
+            v = z[r, i]
+            bad |= v != v
+            m = v if v > m else m
+        if bad or not np.isfinite(m):
+            out[r] = np.nan if bad else m
+            continue
+        for i in range(k):
+            e[i] = rt_exp((z[r, i] - m) / gamma)
+        out[r] = m + gamma * math.log(rt_psum(e))
     return out
 
 
