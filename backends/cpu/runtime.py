@@ -853,27 +853,6 @@ def rt_ties(z, m):
 
 
 @jit
-def rt_softmax1_into(z, gamma, e):
-    """softmax(z / gamma) written into e (no allocation unless the maximum is infinite)."""
-    m = rt_max1(z)
-    if not np.isfinite(m):
-        e[:] = rt_ties(z, m)
-        return
-    for i in range(z.size):
-        e[i] = rt_exp((z[i] - m) / gamma)
-    s = rt_psum(e)
-    for i in range(z.size):
-        e[i] = e[i] / s
-
-
-@jit
-def rt_softmax1(z, gamma):
-    e = np.empty(z.size, np.float64)
-    rt_softmax1_into(z, gamma, e)
-    return e
-
-
-@jit
 def rt_sparsemax1(z, gamma):
     K = z.size
     m = rt_max1(z)
@@ -937,11 +916,29 @@ def rt_rows_softmax(z, gamma, l2):
     """softmax (entropy) or sparsemax (l2) of each row of z / gamma."""
     rt_check_gamma(gamma)
     out = np.empty(z.shape, np.float64)
-    for r in range(z.shape[0]):
-        if l2:
+    n, k = z.shape
+    if l2:
+        for r in range(n):
             out[r] = rt_sparsemax1(z[r], gamma)
-        else:
-            rt_softmax1_into(z[r], gamma, out[r])
+        return out
+    if n and k == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    for r in range(n):
+        # max-shifted exponentials, normalised, computed in place in the output row
+        m = z[r, 0]
+        bad = m != m
+        for i in range(1, k):
+            v = z[r, i]
+            bad |= v != v
+            m = v if v > m else m
+        if bad or not np.isfinite(m):
+            out[r] = rt_ties(z[r], np.nan if bad else m)
+            continue
+        for i in range(k):
+            out[r, i] = rt_exp((z[r, i] - m) / gamma)
+        s = rt_psum(out[r])
+        for i in range(k):
+            out[r, i] = out[r, i] / s
     return out
 
 
