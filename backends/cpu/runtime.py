@@ -912,6 +912,18 @@ def rt_onehot1(z, pick_min):
 
 
 @jit
+def rt_row_max(z, r):
+    """(max of row r of z, whether the row has a NaN), branch-free; z has columns."""
+    m = z[r, 0]
+    bad = m != m
+    for i in range(1, z.shape[1]):
+        v = z[r, i]
+        bad |= v != v
+        m = v if v > m else m
+    return m, bad
+
+
+@jit
 def rt_rows_softmax(z, gamma, l2):
     """softmax (entropy) or sparsemax (l2) of each row of z / gamma."""
     rt_check_gamma(gamma)
@@ -925,12 +937,7 @@ def rt_rows_softmax(z, gamma, l2):
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     for r in range(n):
         # max-shifted exponentials, normalised, computed in place in the output row
-        m = z[r, 0]
-        bad = m != m
-        for i in range(1, k):
-            v = z[r, i]
-            bad |= v != v
-            m = v if v > m else m
+        m, bad = rt_row_max(z, r)
         if bad or not np.isfinite(m):
             out[r] = rt_ties(z[r], np.nan if bad else m)
             continue
@@ -958,12 +965,7 @@ def rt_rows_smax(z, gamma, l2):
         # rt_smax1's entropy case with a shared scratch row and the maximum computed
         # in place (rows are often short: a call with array arguments costs more than
         # the row's arithmetic)
-        m = z[r, 0]
-        bad = m != m
-        for i in range(1, k):
-            v = z[r, i]
-            bad |= v != v
-            m = v if v > m else m
+        m, bad = rt_row_max(z, r)
         if bad or not np.isfinite(m):
             out[r] = np.nan if bad else m
             continue
