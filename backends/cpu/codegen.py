@@ -1118,7 +1118,7 @@ class FuncGen:
         A = op.operands[0]
         o = A.owner
         if isinstance(o, Op) and o.name == "transpose" and A.type.ndim == 2 and \
-                tuple(o.attrs.get("axes") or (1, 0)) in ((1, 0), (-1, -2), (1, -2), (-1, 0)):
+                [int(a) % 2 for a in (o.attrs.get("axes") or (1, 0))] == [1, 0]:
             return o.operands[0], True
         return A, False
 

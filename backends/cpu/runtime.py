@@ -60,13 +60,20 @@ def rt_pow2(k):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+def rt_exp_join(k, q):
+    """2^k (1 + q), -1076 <= k <= 1024: 2^k in two factors, so that overflow and
+    subnormal results round exactly once."""
+    k1 = k >> 1
+    return ((1.0 + q) * rt_pow2(k1)) * rt_pow2(k - k1)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 def rt_exp(x):
     xc = 710.0 if x > 710.0 else x
     xc = -746.0 if xc < -746.0 else xc
     xc = 0.0 if x != x else xc
     k, q = rt_expm1_core(xc)
-    k1 = k >> 1                       # 2^k in two factors: overflow and subnormals exact
-    y = ((1.0 + q) * rt_pow2(k1)) * rt_pow2(k - k1)
+    y = rt_exp_join(k, q)
     return x if x != x else y
 
 
@@ -86,8 +93,7 @@ def rt_expm1(x):
     xc = -60.0 if xc < -60.0 else xc
     xc = 0.0 if x != x else xc
     k, q = rt_expm1_core(xc)
-    k1 = k >> 1
-    big = ((1.0 + q) * rt_pow2(k1)) * rt_pow2(k - k1) - 1.0    # the -1 is below an ulp
+    big = rt_exp_join(k, q) - 1.0     # the -1 is below an ulp
     y = big if k > 53 else rt_expm1_join(k, q)
     return x if (x != x or x == 0.0) else y
 
@@ -384,23 +390,9 @@ def rt_norm1(a):
 # ---------------------------------------------------------------- row / column reductions
 @jit
 def rt_rows_sum(z):
-    n, k = z.shape
-    out = np.empty(n, z.dtype)
-    if k == 0:
-        out[:] = 0
-    elif k < 8:
-        # rt_pwblock's short case, without a call per row (rows of a few entries are
-        # common: a loss summed over a small output axis)
-        for r in range(n):
-            res = z[r, 0]
-            if res == 0:
-                res = res - res         # +0, as in rt_pwblock
-            for c in range(1, k):
-                res += z[r, c]
-            out[r] = res
-    else:
-        for r in range(n):
-            out[r] = rt_psum(z[r])
+    out = np.empty(z.shape[0], z.dtype)
+    for r in range(z.shape[0]):
+        out[r] = rt_psum(z[r])
     return out
 
 
