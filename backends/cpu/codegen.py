@@ -44,6 +44,7 @@ from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
 from dplang.ir.primitives import REGISTRY
 from dplang.ir.primitives.reductions import norm_axes
+from dplang.backends.cpu import wavefront
 
 CODEGEN_VERSION = "1"
 
@@ -94,7 +95,7 @@ def helper_closure(names) -> list[str]:
 
 # ---------------------------------------------------------------------- names
 _RESERVED_BASE = set(keyword.kwlist) | set(getattr(keyword, "softkwlist", [])) | \
-    set(dir(builtins)) | {"np", "math", "numba", "jit", "self", "prim_call"}
+    set(dir(builtins)) | {"np", "math", "numba", "jit", "jit_kernel", "self", "prim_call"}
 
 
 def _sanitize(name: str) -> str:
@@ -205,6 +206,7 @@ class ModuleGen:
         self.helpers_used: set = set()
         self.consts: list[str] = []
         self.objmode = False
+        self.kernels = False                    # some function has wavefront kernels
 
     def _key(self, name: str) -> str:
         key = self.program.exports.get(name, name)
@@ -265,6 +267,8 @@ class ModuleGen:
         if self.boundscheck:
             opts += ", boundscheck=True"
         out.append(f"jit = numba.njit({opts})")
+        if self.kernels:        # wavefront kernels index only their own buffers, below size
+            out.append("jit_kernel = numba.njit(cache=True, error_model=\"numpy\")")
         if self.consts:
             out.append("")
             out.extend(self.consts)
@@ -377,6 +381,9 @@ class FuncGen:
         self.lines: list[str] = []
         self.lu_plan = self._plan_lu()
         self.lu_names: dict = {}
+        self.kernels: list = []                 # wavefront kernels (backends/cpu/wavefront.py)
+        self.kernel_mode = False                # emitting a kernel: vector-friendly math
+        self.waves = wavefront.plan(self)
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -500,7 +507,10 @@ class FuncGen:
         self.region(f.body, 1)
         c = _comment(f.loc)
         head[1] = _with_comment(head[1], c)
-        return head + [doc] + self.lines
+        kernels = []
+        for k in self.kernels:
+            kernels += k + ["", ""]
+        return kernels + head + [doc] + self.lines
 
     def line(self, indent: int, text: str, op: Op | None = None):
         self.lines.append(_with_comment("    " * indent + text, _comment(op.loc) if op else ""))
@@ -621,9 +631,7 @@ class FuncGen:
             if op.name == "tape_push":
                 return self.line(ind, f"{t}.append({self.ref(op.operands[1])}.copy())", op)
             return self.line(ind, f"{self.ref(op.results[0])} = {t}.pop()", op)
-        n = self.tape_counts.get(tape)
-        if n is None:
-            n = self.tape_counts[tape] = self.fresh(t + "_n")
+        n = self.tape_count(tape)
         # a tape with a capacity (reverse mode knows the trip counts) is allocated once
         # and never grows: no reassignment of the buffer inside the loops
         sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
@@ -641,7 +649,17 @@ class FuncGen:
         self.line(ind, f"{n} -= 1", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
+    def tape_count(self, tape: Value) -> str:
+        """The local that counts a scalar tape's entries."""
+        n = self.tape_counts.get(tape)
+        if n is None:
+            n = self.tape_counts[tape] = self.fresh(self.ref(tape) + "_n")
+        return n
+
     def emit_for(self, op: Op, ind: int):
+        plan = self.waves.get(op)
+        if plan is not None:
+            return wavefront.emit(self, plan, ind)
         body = op.regions[0]
         lo, hi, step = (self.ref(v) for v in op.operands[:3])
         iv = self.ref(body.args[0])
@@ -834,7 +852,9 @@ class FuncGen:
         # "vector-friendly math"); scalars keep libm, whose latency is lower
         def h(self, op, ind):
             return self._float_fn(
-                op, lambda s: f"math.{name}({s})",
+                op, lambda s: (f"{self.mod.helper('rt_' + name)}({s})" if self.kernel_mode
+                               and name in ("exp", "log", "expm1", "tanh")
+                               else f"math.{name}({s})"),
                 (lambda s: f"{self.mod.helper('rt_' + name + '_a')}({s})") if vectorised
                 else (lambda s: f"np.{name}({s})"))
         return h
@@ -1387,9 +1407,30 @@ class FuncGen:
         g = self._gamma(op.operands[0])
         l2 = op.attrs.get("reg", "entropy") == "l2"
         xs = [self.val(v, "f64") for v in op.operands[1:]]
+        if self.kernel_mode and not l2 and len(xs) < 8:
+            return self._smaxn_lanes(op, ind, sign, g, xs)
         tup = "(" + ", ".join(xs) + ("," if len(xs) == 1 else "") + ")"
         self.natural = "f64"
         return f"{self.mod.helper('rt_smaxn')}({g}, {l2}, {sign}, {tup})"
+
+    def _smaxn_lanes(self, op, ind, sign, g, xs):
+        """rt_smaxn's arithmetic for entropy, branch-free (a wavefront kernel's lane; its
+        gamma is checked before the kernel): the same operations in the same order."""
+        neg = "-" if sign < 0 else ""
+        mx = self.mod.helper("rt_max2")
+        m = f"{neg}{_paren(xs[0])}"
+        for x in xs[1:]:
+            m = f"{mx}({m}, {neg}{_paren(x)})"
+        m = self.tmp(ind, op, "m", m)
+        fin = self.tmp(ind, op, "fin", f"abs({m}) < np.inf")
+        mf = self.tmp(ind, op, "mf", f"{m} if {fin} else 0.0")
+        terms = [f"{self.mod.helper('rt_exp')}(({neg}{_paren(x)} - {mf}) / {_paren(g)})"
+                 for x in xs]
+        s = self.tmp(ind, op, "s", " + ".join(terms))
+        lg = self.tmp(ind, op, "lg", f"{self.mod.helper('rt_log')}({s})")
+        self.natural = "f64"
+        out = f"({m} + {_paren(g)} * {lg}) if {fin} else {m}"
+        return f"-({out})" if sign < 0 else out
 
     def p_smaxn(self, op, ind): return self._smaxn(op, ind, 1)
     def p_sminn(self, op, ind): return self._smaxn(op, ind, -1)

@@ -109,6 +109,35 @@ def rt_tanh(x):
     return x if (x != x or x == 0.0) else t
 
 
+@numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
+def rt_log(x):
+    """log x: x = 2^e (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)), log(1 + f) = 2 atanh(s)
+    for s = f / (2 + f), written as f - s (f - R) with R = 2 (s^3/3 + s^5/5 + ...) / s
+    (|s| <= 0.172, eleven terms), plus e ln2 in two parts.  Subnormals are scaled by
+    2^54 first; 0 gives -inf, negatives nan, inf and nan themselves."""
+    sub = x < 2.2250738585072014e-308
+    xs = x * 18014398509481984.0 if sub else x
+    bits = np.float64(xs).view(np.int64)
+    e = (bits >> 52) - (1077 if sub else 1023)
+    mb = (bits & 0xFFFFFFFFFFFFF) | 0x3FF0000000000000
+    big = mb > 0x3FF6A09E667F3BCD                   # 1 + f > sqrt(2): halve it
+    mb = mb - 0x0010000000000000 if big else mb
+    e = e + 1 if big else e
+    f = np.int64(mb).view(np.float64) - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    r = z * (0.6666666666666666 + z * (0.4 + z * (0.2857142857142857 + z * (
+        0.2222222222222222 + z * (0.18181818181818182 + z * (0.15384615384615385 + z * (
+            0.13333333333333333 + z * (0.11764705882352941 + z * (
+                0.10526315789473684 + z * (0.09523809523809523
+                                           + z * 0.08695652173913043))))))))))
+    ef = np.float64(e)
+    y = ef * 0.6931471803691238 + (f - (s * (f - r) - ef * 1.9082149292705877e-10))
+    y = -np.inf if x == 0.0 else y
+    y = np.nan if x < 0.0 else y
+    return x if (x != x or x == np.inf) else y
+
+
 @jit
 def rt_exp_a(x):
     out = np.empty(x.shape, np.float64)
@@ -116,6 +145,16 @@ def rt_exp_a(x):
     of = out.reshape(-1)
     for k in range(xf.size):
         of[k] = rt_exp(np.float64(xf[k]))
+    return out
+
+
+@jit
+def rt_log_a(x):
+    out = np.empty(x.shape, np.float64)
+    xf = x.ravel()
+    of = out.reshape(-1)
+    for k in range(xf.size):
+        of[k] = rt_log(np.float64(xf[k]))
     return out
 
 

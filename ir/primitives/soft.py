@@ -434,6 +434,11 @@ def _entropy_cell(b, gamma, xs, sign):
     dt = xs[0].type.dtype
     c = lambda v: b.const(v, T.Scalar(dt))                      # noqa: E731
     inf, zero, one = c(INF), c(0.0), c(1.0)
+    # the primitive's own check, kept in the elementary form (an invariant gamma's check
+    # is hoisted out of wavefront kernels by the CPU backend)
+    name = "smaxn" if sign > 0 else "sminn"
+    b.op("assert", [b.prim("gt", gamma, c(0.0)), gamma], [], {
+        "msg": f"{name}: gamma must be positive, got {{1}}", "kind": "assert"})
     m = b.prim("maxn" if sign > 0 else "minn", *xs)
     fin = b.prim("lt", b.prim("abs", m), inf)
     mf = b.prim("where", fin, m, zero)
@@ -455,7 +460,10 @@ def _entropy_cell(b, gamma, xs, sign):
         count = b.prim("add", count, t)
     count = b.prim("where", b.prim("gt", count, zero), count, one)
     safe = b.prim("where", b.prim("gt", total, zero), total, one)
-    w = [b.prim("where", fin, b.prim("div", e, safe), b.prim("div", t, count), hint="w")
+    # one division each (to within an ulp of e / safe): divisions are the slowest
+    # arithmetic of a vectorised cell
+    rs, rc = b.prim("div", one, safe), b.prim("div", one, count)
+    w = [b.prim("where", fin, b.prim("mul", e, rs), b.prim("mul", t, rc), hint="w")
          for e, t in zip(es, ties)]
     return z, w
 

@@ -1,0 +1,367 @@
+"""Wavefront schedules on the CPU: 2-D DP nests visited by anti-diagonals.
+
+``ir/wavefront.py`` says which nests may be visited by anti-diagonals ``d = i + j``; this
+module chooses the ones worth it and emits them.  A DP cell that calls ``exp`` and
+``log`` (soft-DTW's soft-min) waits about 50 ns for its left neighbour in row order;
+the cells of one diagonal are independent, so the generated code computes a diagonal as
+
+1. *gather*: the cell's reads (``R[i - 1, j - 1]``, ``D[i - 1, j - 1]``, ...) copied into
+   contiguous buffers, one per read;
+2. *compute*: a kernel function (``<name>_diagonal``) runs the cell's arithmetic over the
+   buffers, with the runtime's vectorisable ``rt_exp``/``rt_log`` (LLVM vectorises the
+   loop: no bounds checks, unit strides, nothing that aliases);
+3. *scatter*: the results written back into the tables.
+
+The table keeps its row-major layout, so everything else in the function is unchanged.
+Tape pushes (the soft-min weights reverse mode keeps) are written at the slot they have
+in row order, so the reverse sweep keeps its row order and pops them as before.  The
+table is visited in strips of ``STRIP`` rows, each strip by diagonals, so that the rows
+one diagonal touches stay in the cache and the TLB.  Nests without transcendental
+arithmetic (hard DTW's ``min``) stay in row order, which is faster for them (contiguous
+rows, about 3 ns a cell).  ``DPLANG_WAVEFRONT=0`` turns the schedule off.
+Decisions and measurements: docs/backend_cpu.md, "Wavefront schedules".
+"""
+from __future__ import annotations
+
+import os
+
+from dplang.ir import types as T
+from dplang.ir.core import Op, Region, Value
+from dplang.ir.printer import is_inlined_const
+from dplang.ir.wavefront import Nest, wavefront_nests
+
+# ops whose latency makes the row order slow (libm calls, the soft operators)
+_EXPENSIVE = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "softplus", "smaxn",
+              "sminn", "pow", "sin", "cos", "tan", "sqrt"}
+
+
+def enabled() -> bool:
+    return os.environ.get("DPLANG_WAVEFRONT", "1") not in ("0", "", "no", "off")
+
+
+def _defined_in(v: Value, region: Region) -> bool:
+    o = v.owner
+    return (isinstance(o, Op) and o.parent is region) or (o is region)
+
+
+def plan(gen) -> dict:
+    """{outer for op: Nest} of the nests of FuncGen ``gen``'s function that get a
+    wavefront kernel."""
+    if not enabled():
+        return {}
+    pushes: dict = {}
+    for op in gen.func.walk():
+        if op.name in ("tape_push", "tape_pop"):
+            pushes.setdefault(op.operands[0], []).append(op)
+    out = {}
+    for n in wavefront_nests(gen.func):
+        body = n.inner.regions[0]
+        # a tape the nest pushes is pushed nowhere else (its slots are the nest's ranks)
+        if any(o.parent is not body for t in n.pushes for o in pushes[t]
+               if o.name == "tape_push"):
+            continue
+        if _emittable(gen, n) and _kernel_ok(gen, n):
+            out[n.outer] = n
+    return out
+
+
+def _emittable(gen, n: Nest) -> bool:
+    ana = gen.ana
+    for loop in (n.outer, n.inner):
+        if any((loop, k) in ana.init_copies for k in range(len(loop.operands))):
+            return False
+    for y in (n.outer.regions[0].terminator, n.inner.regions[0].terminator):
+        if any((y, k) in ana.yield_copies for k in range(len(y.operands))):
+            return False
+    return all(a.op in gen.inplace for a in n.accesses if a.kind != "read")
+
+
+def _kernel_ok(gen, n: Nest) -> bool:
+    if not (n.parallel and n.sign == 1) or n.pops:
+        return False
+    body = n.inner.regions[0]
+    invariant = _invariant_ops(n)
+    expensive = False
+    for op in body.ops[:-1]:
+        if op.name == "assert":
+            if op not in invariant:
+                return False
+        elif op.name == "tape_push":
+            t = op.operands[0]
+            if not (isinstance(t.owner, Op) and t.owner.operands):    # a growable tape
+                return False
+        elif op.name in _EXPENSIVE:
+            if op.name in ("smaxn", "sminn") and op.attrs.get("reg", "entropy") != "entropy":
+                continue
+            expensive = True
+    return expensive
+
+
+def _invariant_ops(n: Nest) -> list:
+    """The inner body's ops that compute from values defined before the nest only (a
+    soft operator's check of gamma): done once per diagonal, outside the kernel."""
+    body = n.inner.regions[0]
+    loop_vals = set(n.outer.regions[0].args)
+    out, vals = [], set()
+    for op in body.ops[:-1]:
+        if op.name in ("getitem", "setitem", "scatter_add", "tape_push", "tape_pop"):
+            continue
+        if all(v in vals or not (_defined_in(v, body) or v in loop_vals)
+               for v in op.operands):
+            out.append(op)
+            vals.update(op.results)
+    return out
+
+
+# ------------------------------------------------------------------------- emission
+def emit(gen, n: Nest, ind: int):
+    outer, inner = n.outer, n.inner
+    ob, ib = outer.regions[0], inner.regions[0]
+    ana = gen.ana
+    oslots = [gen.ref(a) for a in ob.args[1:]]
+    islots = [gen.ref(a) for a in ib.args[1:]]
+    gen.line(ind, f"# wavefront (backends/cpu/wavefront.py): strips of {STRIP} rows, each by "
+                  f"anti-diagonals d = i + j, a vector kernel per diagonal", outer)
+    gen.assign_slots(ind, outer, oslots, outer.operands[3:], ana.init_copies, 3, outer)
+    for h in n.hoisted:
+        _op(gen, h, ind)
+    gen.assign_slots(ind, inner, islots, inner.operands[3:], ana.init_copies, 3, inner)
+    _Kernel(gen, n).emit(ind, islots)
+    oy = ob.terminator
+    gen.assign_slots(ind, oy, oslots, oy.operands, ana.yield_copies, 0, oy)
+
+
+# Rows per strip.  Visiting a whole row-major table by diagonals touches a new page per
+# cell (TLB misses from n = 1024 on); strips of this many rows keep the rows a diagonal
+# touches in the cache and the TLB, and are still long vectors.
+STRIP = 64
+
+
+def _classify(n: Nest):
+    """The inner body's ops: index arithmetic (integers from i, j and invariants), loads,
+    stores, compute (everything else), and the invariant ops (with their asserts)."""
+    ib = n.inner.regions[0]
+    iv_i, iv_j = n.outer.regions[0].args[0], ib.args[0]
+    index, loads, stores, compute = [], [], [], []
+    invariant = _invariant_ops(n)
+    idx_vals = {iv_i, iv_j}
+    for op in ib.ops[:-1]:
+        if op in invariant:
+            continue
+        if op.name == "getitem":
+            loads.append(op)
+        elif op.name in ("setitem", "scatter_add"):
+            stores.append(op)
+        elif (op.name != "tape_push" and op.results and all(
+                isinstance(r.type, T.Scalar) and r.type.dtype in ("i64", "i32")
+                for r in op.results)
+              and all(v in idx_vals or not _defined_in(v, ib) for v in op.operands)):
+            index.append(op)
+            idx_vals.update(op.results)
+        else:
+            compute.append(op)
+    return index, loads, stores, compute, invariant
+
+
+def _needed(ops, roots):
+    """The ops among ``ops`` that the values ``roots`` depend on, in order."""
+    want = set(roots)
+    keep = []
+    for op in reversed(ops):
+        if any(r in want for r in op.results):
+            keep.append(op)
+            want.update(op.operands)
+    return list(reversed(keep))
+
+
+class _Kernel:
+    """One nest as strips x diagonals x (gather, kernel call, scatter), and its kernel."""
+
+    def __init__(self, gen, n: Nest):
+        self.gen, self.n = gen, n
+        self.ib = ib = n.inner.regions[0]
+        self.iv_i, self.iv_j = n.outer.regions[0].args[0], ib.args[0]
+        self.index, self.loads, self.stores, self.compute, self.invariant = _classify(n)
+        self.pushes = [op for op in self.compute if op.name == "tape_push"]
+        self.compute = [op for op in self.compute if op.name != "tape_push"]
+        # values the kernel returns: stored into tables, pushed on tapes
+        self.outs = []
+        for op in self.stores + self.pushes:
+            v = op.operands[1]
+            if v not in gen.literals and v not in self.outs:
+                self.outs.append(v)
+        roots = [v for op in self.compute for v in op.operands] + self.outs
+        self.idx_in_kernel = _needed(self.index, roots)
+        self.inv = []
+        for op in self.idx_in_kernel + self.compute:
+            for v in op.operands:
+                if v in gen.literals or v is self.iv_i or v is self.iv_j or (
+                        _defined_in(v, ib) and v.owner not in self.invariant):
+                    continue
+                if v not in self.inv:
+                    self.inv.append(v)
+        self.uses_ij = any(v in (self.iv_i, self.iv_j)
+                           for op in self.idx_in_kernel + self.compute for v in op.operands)
+
+    def emit(self, ind: int, islots):
+        gen, n, ib = self.gen, self.n, self.ib
+        inner = n.inner
+        i, j = gen.ref(self.iv_i), gen.ref(self.iv_j)
+        a, A = (gen.ref(v) for v in n.outer.operands[:2])
+        b, B = (gen.ref(v) for v in inner.operands[:2])
+        # buffers (a diagonal of a strip has at most STRIP cells): one per read, one per
+        # value the kernel returns
+        gbuf = {op: gen.fresh(gen.ref(op.results[0]) + "_g") for op in self.loads}
+        obuf = {v: gen.fresh(gen.ref(v) + "_o") for v in self.outs}
+        for op in self.loads:
+            gen.line(ind, f"{gbuf[op]} = np.empty({STRIP}, "
+                          f"{_npdt(op.results[0].type.dtype)})", op)
+        pushed = [op.operands[1] for op in self.pushes]
+        stored = [op.operands[1] for op in self.stores]
+        for v in self.outs:
+            if v in pushed and v not in stored:   # one row per diagonal of the strip
+                gen.line(ind, f"{obuf[v]} = np.empty(({STRIP} + {B} - {b}, {STRIP}), "
+                              f"{_npdt(v.type.dtype)})", v.owner)
+            else:
+                gen.line(ind, f"{obuf[v]} = np.empty({STRIP}, {_npdt(v.type.dtype)})",
+                         v.owner)
+        strip_rows = {v for v in self.outs if v in pushed and v not in stored}
+        r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
+        gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
+        strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
+            "strips", "s", "s_lo", "s_hi", "d", "lo", "cells", "k"))
+        gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
+        gen.line(ind, f"for {s} in range({strips}):", n.outer)
+        gen.line(ind + 1, f"{s0} = {r0} + {s} * {STRIP}", n.outer)
+        gen.line(ind + 1, f"{s1} = min({s0} + {STRIP}, {r1})", n.outer)
+        gen.line(ind + 1, f"for {d} in range({s0} + {c0}, {s1} + {c1} - 1):", n.outer)
+        ind2 = ind + 2          # one diagonal: rows lo <= i < lo + cells, columns j = d - i
+        gen.line(ind2, f"{lo} = max({s0}, {d} - {c1} + 1)", n.outer)
+        gen.line(ind2, f"{cnt} = min({s1}, {d} - {c0} + 1) - {lo}", n.outer)
+        for op in self.invariant:           # checks of invariants (gamma): per diagonal
+            _op(gen, op, ind2)
+        for op in self.compute:
+            if op.name in ("smaxn", "sminn"):
+                g = gen.val(op.operands[0], "f64")
+                gen.line(ind2, f"{gen.mod.helper('rt_check_gamma')}({g})", op)
+        gen.line(ind2, f"for {k} in range({cnt}):", inner)         # gather
+        gen.line(ind2 + 1, f"{i} = {lo} + {k}", inner)
+        gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
+        for op in _needed(self.index, [v for op in self.loads for v in op.operands]):
+            _op(gen, op, ind2 + 1)
+        for op in self.loads:
+            idx = gen.index_text(op, op.operands[1:])
+            gen.line(ind2 + 1, f"{gbuf[op]}[{k}] = {gen.ref(op.operands[0])}[{idx}]", op)
+        where = [cnt, lo, d] if self.uses_ij else [cnt]
+        args = ([gbuf[op] for op in self.loads]
+                + [f"{obuf[v]}[{d} - {s0} - {c0}, {lo} - {s0}:]" if v in strip_rows
+                   else obuf[v] for v in self.outs] + where
+                + [gen.ref(v) for v in self.inv])
+        kname = gen.mod.globals.take(f"{gen.name}_diagonal")
+        gen.line(ind2, f"{kname}({', '.join(args)})", inner)
+        gen.line(ind2, f"for {k} in range({cnt}):", inner)         # scatter
+        gen.line(ind2 + 1, f"{i} = {lo} + {k}", inner)
+        gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
+        for op in _needed(self.index, [v for op in self.stores for v in op.operands[2:]]):
+            _op(gen, op, ind2 + 1)
+        for op in self.stores:
+            x, v = op.operands[:2]
+            sym = "=" if op.name == "setitem" else "+="
+            idx = gen.index_text(op, op.operands[2:])
+            val = gen.literals[v] if v in gen.literals else f"{obuf[v]}[{k}]"
+            gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
+        scatter_end = len(gen.lines)
+        y = ib.terminator
+        gen.assign_slots(ind2, y, islots, y.operands, gen.ana.yield_copies, 0, y)
+        # pushes go to the slots they have in row order, so the reverse sweep pops them in
+        # its own order: after each strip, the strip's rows copied from the diagonals
+        per_cell: dict = {}
+        for op in self.pushes:
+            per_cell[op.operands[0]] = per_cell.get(op.operands[0], 0) + 1
+        if self.pushes:
+            r, jj, rank = gen.fresh("r"), gen.fresh("jc"), gen.fresh("rank")
+            gen.line(ind + 1, f"for {r} in range({s0}, {s1}):", inner)
+            gen.line(ind + 2, f"for {jj} in range({c0}, {c1}):", inner)
+            gen.line(ind + 3, f"{rank} = ({r} - {r0}) * ({c1} - {c0}) + ({jj} - {c0})", inner)
+        seen: dict = {}
+        for op in self.pushes:
+            t, v = op.operands
+            p, q = per_cell[t], seen.get(t, 0)
+            seen[t] = q + 1
+            slot = f"{rank} * {p} + {q}" if p > 1 else rank
+            if v in gen.literals:
+                val = gen.literals[v]
+            elif v in strip_rows:
+                val = f"{obuf[v]}[{r} + {jj} - {s0} - {c0}, {r} - {s0}]"
+            else:                   # also stored: taken from the diagonal's buffer
+                continue
+            gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
+        late = [op for op in self.pushes if op.operands[1] not in strip_rows
+                and op.operands[1] not in gen.literals]
+        if late:
+            # (rare) a pushed value that is also stored: written at each diagonal's scatter
+            at = len(gen.lines)
+            rk = gen.fresh("rank")
+            gen.line(ind2 + 1, f"{rk} = ({i} - {r0}) * ({c1} - {c0}) + ({j} - {c0})", inner)
+            seen = {}
+            for op in self.pushes:
+                t, v = op.operands
+                p, q = per_cell[t], seen.get(t, 0)
+                seen[t] = q + 1
+                if op in late:
+                    slot = f"{rk} * {p} + {q}" if p > 1 else rk
+                    gen.line(ind2 + 1, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = "
+                                       f"{obuf[v]}[{k}]", op)
+            moved = gen.lines[at:]
+            del gen.lines[at:]
+            gen.lines[scatter_end:scatter_end] = moved
+        for t, p in per_cell.items():
+            cells = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"
+            gen.line(ind, f"{gen.tape_count(t)} += {cells}" + (f" * {p}" if p > 1 else ""),
+                     n.outer)
+        self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
+        self.strip_rows = strip_rows
+
+    def kernel(self, kname, gbuf, obuf, where, lo, cnt, k, d, i, j):
+        """The kernel: its own function, without bounds checks (every index is a k <
+        cells into its buffers), with the runtime's vectorisable exp and log."""
+        gen, ib, inner = self.gen, self.ib, self.n.inner
+        saved = gen.lines
+        gen.lines = []
+        gen.kernel_mode = True
+        try:
+            params = ([gbuf[op] for op in self.loads] + [obuf[v] for v in self.outs] + where
+                      + [gen.ref(v) for v in self.inv])
+            gen.line(0, "@jit_kernel", None)
+            gen.line(0, f"def {kname}({', '.join(params)}):", inner)
+            gen.line(1, f'"""One diagonal of {_doc(gen.func.name)}: its cells are SIMD lanes."""',
+                     None)
+            gen.line(1, f"for {k} in range({cnt}):", inner)
+            if self.uses_ij:
+                gen.line(2, f"{i} = {lo} + {k}", inner)
+                gen.line(2, f"{j} = {d} - {i}", inner)
+            for op in self.loads:
+                gen.line(2, f"{gen.ref(op.results[0])} = {gbuf[op]}[{k}]", op)
+            for op in self.idx_in_kernel + self.compute:
+                _op(gen, op, 2)
+            for v in self.outs:
+                gen.line(2, f"{obuf[v]}[{k}] = {gen.ref(v)}", v.owner)
+            gen.kernels.append(gen.lines)
+        finally:
+            gen.lines = saved
+            gen.kernel_mode = False
+        gen.mod.kernels = True
+
+
+def _doc(name: str) -> str:
+    return name.replace('"', "'").replace("\\", "/")
+
+
+def _op(gen, op, ind):
+    if not is_inlined_const(op):
+        gen.op(op, ind)
+
+
+def _npdt(dt: str) -> str:
+    from dplang.backends.cpu.codegen import NPDT
+    return NPDT[dt]
