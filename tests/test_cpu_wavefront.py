@@ -1,0 +1,154 @@
+"""Wavefront schedules (ir/wavefront.py, backends/cpu/wavefront.py): which 2-D DP nests
+may be visited by anti-diagonals, the kernels the CPU backend generates for them, and
+results against the interpreter (which runs every nest in its written order) and against
+the CPU backend with the schedule turned off."""
+import numpy as np
+import pytest
+
+import dplang as dp
+from dplang.backends.cpu import wavefront as cpu_wavefront
+from dplang.ir.wavefront import nest_of, wavefront_nests
+
+rng = np.random.default_rng(5)
+
+SRC = '''
+from std.align import soft_dtw, dtw
+
+# a soft recursion with a second table and an extra read two columns back
+@smooth(entropy, gamma=gamma)
+def two_tables(D: f64[n, m], gamma: f64) -> f64:
+    R = full((n + 1, m + 2), inf)
+    S = zeros((n + 1, m + 2))
+    R[0, 1] = 0.0
+    for i in range(1, n + 1):
+        for j in range(2, m + 2):
+            s = log(1.0 + exp(-D[i - 1, j - 2] / gamma)) + 0.5 * S[i - 1, j]
+            S[i, j] = s
+            R[i, j] = D[i - 1, j - 2] + s + min(R[i - 1, j - 1], R[i - 1, j], R[i, j - 1], R[i, j - 2])
+    return R[n, m + 1] + sum(S)
+
+# reads the row above, one column ahead: the skewed order keeps it, a diagonal does not
+def ahead(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 2))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = exp(-D[i - 1, j - 1]) + 0.5 * R[i - 1, j + 1] + 0.25 * R[i, j - 1]
+    return sum(R)
+
+# reads two columns ahead in the row above: visiting by diagonals would read it too late
+def too_far(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 3))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = exp(-D[i - 1, j - 1]) + 0.5 * R[i - 1, j + 2] + 0.25 * R[i, j - 1]
+    return sum(R)
+
+# a scalar carried through the nest (a running sum): not a table, left alone
+def running(D: f64[n, m]) -> f64:
+    s = 0.0
+    for i in range(n):
+        for j in range(m):
+            s = s + exp(-D[i, j]) * s * 0.001 + 1.0
+    return s
+'''
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return (dp.compile(SRC, filename="wave.dp", backend="cpu"),
+            dp.compile(SRC, filename="wave.dp", backend="interp"))
+
+
+def _nests(mod, name, stage="optimized"):
+    prog = mod._stage_program(stage)
+    key = prog.exports.get(name, name)
+    return wavefront_nests(prog.funcs[key])
+
+
+def test_analysis_accepts_dp_nests_and_rejects_what_it_must(mods):
+    cpu, _ = mods
+    (n,) = _nests(cpu, "two_tables")
+    assert n.sign == 1 and n.parallel and len(n.tables) == 2
+    offsets = sorted({a.offset for a in n.accesses if a.kind == "read"})
+    assert (0, -2) in offsets and (-1, -1) in offsets
+    (a,) = _nests(cpu, "ahead")
+    assert not a.parallel              # (i - 1, j + 1) lies on the same diagonal
+    assert _nests(cpu, "too_far") == []
+    assert _nests(cpu, "running") == []
+
+
+def test_reverse_sweep_is_recognised_as_a_descending_nest(mods):
+    cpu, _ = mods
+    vg = dp.value_and_grad(cpu.soft_dtw)
+    vg(rng.random((4, 3)), 1.0)
+    prog = vg.program
+    nests = [n for f in prog.funcs.values() for n in wavefront_nests(f)]
+    assert sorted(n.sign for n in nests if n.pushes or n.pops) == [-1, 1]
+    assert all(n.pops and not n.parallel for n in nests if n.sign == -1)
+
+
+@pytest.mark.parametrize("name,kernel", [("soft_dtw", True), ("two_tables", True),
+                                         ("dtw", False), ("ahead", False),
+                                         ("too_far", False), ("running", False)])
+def test_kernels_are_generated_where_they_pay(mods, name, kernel):
+    cpu, _ = mods
+    f = getattr(cpu, name)
+    src = f.source()
+    assert ("# wavefront" in src) == kernel
+    assert ("@jit_kernel" in src) == kernel
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (5, 9), (70, 3), (130, 129)])
+@pytest.mark.parametrize("name", ["soft_dtw", "two_tables", "ahead", "running"])
+def test_values_and_gradients_match_the_interpreter(mods, name, shape):
+    cpu, interp = mods
+    D = rng.random(shape) * 3.0
+    args = (D, 0.7) if name in ("soft_dtw", "two_tables") else (D,)
+    want = getattr(interp, name)(*args)
+    got = getattr(cpu, name)(*args)
+    assert np.isfinite(want)
+    assert abs(got - want) <= 1e-12 * max(1.0, abs(want))
+    if shape[0] * shape[1] > 2000:
+        return                      # the interpreter's reverse sweep is slow; values suffice
+    gw = dp.grad(getattr(interp, name))(*args)
+    gc = dp.grad(getattr(cpu, name))(*args)
+    assert np.allclose(gc, gw, rtol=1e-11, atol=1e-14)
+
+
+def test_tapes_are_read_back_in_order_across_strips(mods, monkeypatch):
+    """More rows than a strip, a ragged last strip, long and short diagonals: the
+    gradient with the schedule equals the one without (row order everywhere)."""
+    cpu, _ = mods
+    D = rng.random((cpu_wavefront.STRIP * 2 + 5, 37)) * 2.0
+    v1, g1 = dp.value_and_grad(cpu.soft_dtw)(D, 0.3)
+    monkeypatch.setenv("DPLANG_WAVEFRONT", "0")
+    off = dp.compile(SRC, filename="wave_off.dp", backend="cpu")
+    assert "# wavefront" not in off.soft_dtw.source()
+    v0, g0 = dp.value_and_grad(off.soft_dtw)(D, 0.3)
+    assert abs(v1 - v0) <= 1e-12 * abs(v0)
+    assert np.allclose(g1, g0, rtol=1e-11, atol=1e-15)
+    # the gradient of soft-DTW is a distribution over alignments: rows of the expected
+    # alignment matrix each hold at least one unit of mass
+    assert (g1.sum(axis=1) >= 1.0 - 1e-9).all()
+
+
+def test_inf_borders_and_tiny_gamma_stay_finite(mods):
+    cpu, interp = mods
+    D = rng.random((40, 33)) * 100.0
+    for gamma in (1e-8, 1e-3, 10.0):
+        v, g = dp.value_and_grad(cpu.soft_dtw)(D, gamma)
+        vi = interp.soft_dtw(D, gamma)
+        assert np.isfinite(v) and np.isfinite(g).all()
+        assert abs(v - vi) <= 1e-12 * abs(vi)
+    assert abs(cpu.soft_dtw(D, 1e-8) - cpu.dtw(D)) <= 1e-6
+
+
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan")])
+def test_nonpositive_gamma_is_a_located_error_in_value_and_gradient(mods, gamma):
+    cpu, _ = mods
+    D = rng.random((6, 5))
+    for f in (cpu.soft_dtw, dp.value_and_grad(cpu.soft_dtw)):
+        with pytest.raises(dp.DPError) as e:
+            f(D, gamma)
+        assert "gamma must be positive" in str(e.value)
+        assert "align.dp:25" in str(e.value)
