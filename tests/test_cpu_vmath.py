@@ -1,4 +1,4 @@
-"""The CPU runtime's vectorisable exp, expm1 and tanh (backends/cpu/runtime.py, "vector-
+"""The CPU runtime's vectorisable exp, expm1, tanh and log (backends/cpu/runtime.py, "vector-
 friendly math") against a long-double NumPy reference, and their special values against
 NumPy's float64 functions."""
 import numpy as np

@@ -29,15 +29,16 @@ jit = numba.njit(cache=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------- vector-friendly math
-# exp, expm1 and tanh written as straight-line float arithmetic (Cody-Waite reduction
+# exp, expm1, tanh and log written as straight-line float arithmetic (Cody-Waite reduction
 # x = k ln2 + r, |r| <= ln2/2, a degree-13 Taylor polynomial in Estrin form, 2^k built
 # from its bits), so that LLVM vectorises the loops that call them; libm's functions are
 # opaque calls, one element at a time.  Accuracy against a long-double reference over
 # the whole float64 range: exp within 1 ulp, expm1 2 ulp, tanh 2.5 ulp (glibc's tanh:
-# 2.1); inf, nan, signed zeros, overflow and gradual underflow are exact (tests:
-# tests/test_cpu_vmath.py).  Arrays and the soft operators' inner loops use them; scalar
-# code in generated loops keeps libm's calls, whose latency is lower (a DP recursion
-# waits on every exp).  Decisions: docs/backend_cpu.md.
+# 2.1), log 1 ulp (rt_log: its own reduction, see there); inf, nan, signed zeros,
+# overflow and gradual underflow are exact (tests: tests/test_cpu_vmath.py).  Arrays, the
+# soft operators' inner loops and wavefront kernels use them; other scalar code keeps
+# libm's calls, whose latency is lower (a DP recursion in row order waits on every exp).
+# Decisions: docs/backend_cpu.md.
 @numba.njit(cache=True, error_model="numpy", fastmath={"contract"})
 def rt_expm1_core(x):
     """(k, exp(r) - 1) for x = k ln2 + r, |r| <= ln2/2; x finite with |x| <= 746."""
