@@ -7,7 +7,7 @@ import pytest
 
 import dplang as dp
 from dplang.backends.cpu import wavefront as cpu_wavefront
-from dplang.ir.wavefront import nest_of, wavefront_nests
+from dplang.ir.wavefront import wavefront_nests
 
 rng = np.random.default_rng(5)
 

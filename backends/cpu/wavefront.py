@@ -81,6 +81,9 @@ def _kernel_ok(gen, n: Nest) -> bool:
         return False
     body = n.inner.regions[0]
     invariant = _invariant_ops(n)
+    stored = {op.operands[1] for op in body.ops if op.name in ("setitem", "scatter_add")}
+    if any(op.name == "tape_push" and op.operands[1] in stored for op in body.ops):
+        return False                # (pushes are copied per strip, stores per diagonal)
     expensive = False
     for op in body.ops[:-1]:
         if op.name == "assert":
@@ -217,15 +220,14 @@ class _Kernel:
             gen.line(ind, f"{gbuf[op]} = np.empty({STRIP}, "
                           f"{_npdt(op.results[0].type.dtype)})", op)
         pushed = [op.operands[1] for op in self.pushes]
-        stored = [op.operands[1] for op in self.stores]
         for v in self.outs:
-            if v in pushed and v not in stored:   # one row per diagonal of the strip
+            if v in pushed:                 # one row per diagonal of the strip
                 gen.line(ind, f"{obuf[v]} = np.empty(({STRIP} + {B} - {b}, {STRIP}), "
                               f"{_npdt(v.type.dtype)})", v.owner)
             else:
                 gen.line(ind, f"{obuf[v]} = np.empty({STRIP}, {_npdt(v.type.dtype)})",
                          v.owner)
-        strip_rows = {v for v in self.outs if v in pushed and v not in stored}
+        strip_rows = {v for v in self.outs if v in pushed}
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
         gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
@@ -270,7 +272,6 @@ class _Kernel:
             idx = gen.index_text(op, op.operands[2:])
             val = gen.literals[v] if v in gen.literals else f"{obuf[v]}[{k}]"
             gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
-        scatter_end = len(gen.lines)
         y = ib.terminator
         gen.assign_slots(ind2, y, islots, y.operands, gen.ana.yield_copies, 0, y)
         # pushes go to the slots they have in row order, so the reverse sweep pops them in
@@ -291,41 +292,19 @@ class _Kernel:
             slot = f"{rank} * {p} + {q}" if p > 1 else rank
             if v in gen.literals:
                 val = gen.literals[v]
-            elif v in strip_rows:
+            else:
                 val = f"{obuf[v]}[{r} + {jj} - {s0} - {c0}, {r} - {s0}]"
-            else:                   # also stored: taken from the diagonal's buffer
-                continue
             gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
-        late = [op for op in self.pushes if op.operands[1] not in strip_rows
-                and op.operands[1] not in gen.literals]
-        if late:
-            # (rare) a pushed value that is also stored: written at each diagonal's scatter
-            at = len(gen.lines)
-            rk = gen.fresh("rank")
-            gen.line(ind2 + 1, f"{rk} = ({i} - {r0}) * ({c1} - {c0}) + ({j} - {c0})", inner)
-            seen = {}
-            for op in self.pushes:
-                t, v = op.operands
-                p, q = per_cell[t], seen.get(t, 0)
-                seen[t] = q + 1
-                if op in late:
-                    slot = f"{rk} * {p} + {q}" if p > 1 else rk
-                    gen.line(ind2 + 1, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = "
-                                       f"{obuf[v]}[{k}]", op)
-            moved = gen.lines[at:]
-            del gen.lines[at:]
-            gen.lines[scatter_end:scatter_end] = moved
         for t, p in per_cell.items():
             cells = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"
             gen.line(ind, f"{gen.tape_count(t)} += {cells}" + (f" * {p}" if p > 1 else ""),
                      n.outer)
         self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
-        self.strip_rows = strip_rows
 
     def kernel(self, kname, gbuf, obuf, where, lo, cnt, k, d, i, j):
         """The kernel: its own function, without bounds checks (every index is a k <
         cells into its buffers), with the runtime's vectorisable exp and log."""
-        gen, ib, inner = self.gen, self.ib, self.n.inner
+        gen, inner = self.gen, self.n.inner
         saved = gen.lines
         gen.lines = []
         gen.kernel_mode = True
