@@ -44,7 +44,7 @@ from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
 from dplang.ir.primitives import REGISTRY
 from dplang.ir.primitives.reductions import norm_axes
-from dplang.backends.cpu import wavefront
+from dplang.backends.cpu import ranges, wavefront
 
 CODEGEN_VERSION = "1"
 
@@ -53,6 +53,7 @@ NBDT = {"f64": "float64", "f32": "float32", "i64": "int64", "bool": "boolean"}
 
 _RUNTIME_PATH = os.path.join(os.path.dirname(__file__), "runtime.py")
 _BAD = re.compile(r"[^0-9A-Za-z_]")
+_DBL_MAX = 1.7976931348623157e308          # the largest float64 (a reciprocal of gamma is capped at it)
 
 
 # ---------------------------------------------------------------------- runtime helpers
@@ -384,6 +385,12 @@ class FuncGen:
         self.kernels: list = []                 # wavefront kernels (backends/cpu/wavefront.py)
         self.kernel_mode = False                # emitting a kernel: vector-friendly math
         self.waves = wavefront.plan(self)
+        # accesses whose indices a hoisted test proved in range (backends/cpu/ranges.py),
+        # and the nests that keep row order but get such a test
+        self.unchecked: set = set()
+        self.early: set = set()                 # ops emitted before their loop
+        self.rows = {} if not mod.boundscheck else {
+            n.outer: n for n in wavefront.wavefront_nests(func) if n.outer not in self.waves}
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -522,7 +529,7 @@ class FuncGen:
                 if op.name == "return":
                     self.emit_return(op, indent)
                 break
-            if is_inlined_const(op):
+            if is_inlined_const(op) or op in self.early:
                 continue
             try:
                 self.op(op, indent)
@@ -647,6 +654,9 @@ class FuncGen:
             self.line(ind, f"{t}[{n}] = {v}", op)
             return self.line(ind, f"{n} += 1", op)
         self.line(ind, f"{n} -= 1", op)
+        if op in self.unchecked:
+            return self.line(ind, f"{self.ref(op.results[0])} = {self.mod.helper('rt_at1')}"
+                                  f"({t}, {n})", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
     def tape_count(self, tape: Value) -> str:
@@ -660,6 +670,14 @@ class FuncGen:
         plan = self.waves.get(op)
         if plan is not None:
             return wavefront.emit(self, plan, ind)
+        nest = self.rows.get(op)
+        if nest is not None:
+            # the nest's invariant scalars first, then one test of its index ranges
+            for h in nest.hoisted:
+                if not is_inlined_const(h):
+                    self.op(h, ind)
+            self.early.update(nest.hoisted)
+            self.unchecked |= ranges.guard(self, nest, ind)
         body = op.regions[0]
         lo, hi, step = (self.ref(v) for v in op.operands[:3])
         iv = self.ref(body.args[0])
@@ -1290,6 +1308,8 @@ class FuncGen:
         x = op.operands[0]
         r = op.results[0]
         idx = self.index_text(op, op.operands[1:])
+        if op in self.unchecked:
+            return f"{self.mod.helper(f'rt_at{x.type.ndim}')}({self.ref(x)}, {idx})"
         e = f"{self.ref(x)}[{idx}]" if idx else self.ref(x)
         if self.arr(r) and self.view_needs_copy(op):
             return f"{e}.copy()"
@@ -1301,6 +1321,10 @@ class FuncGen:
         idx = self.index_text(op, op.operands[2:]) or "..."
         val = self.val(v, x.type.dtype) if not self.arr(v) else self.ref(v)
         if op in self.inplace:
+            if op in self.unchecked:
+                acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(x.type.ndim))
+                self.line(ind, f"{acc}({self.ref(x)}, {idx}, {val})", op)
+                return None
             self.line(ind, f"{self.ref(x)}[{idx}] {sym} {val}", op)
             return None
         name = self.ref(r)
@@ -1424,7 +1448,8 @@ class FuncGen:
         m = self.tmp(ind, op, "m", m)
         fin = self.tmp(ind, op, "fin", f"abs({m}) < np.inf")
         mf = self.tmp(ind, op, "mf", f"{m} if {fin} else 0.0")
-        terms = [f"{self.mod.helper('rt_exp')}(({neg}{_paren(x)} - {mf}) / {_paren(g)})"
+        rg = self.tmp(ind, op, "rg", f"min(1.0 / {_paren(g)}, {_DBL_MAX!r})")
+        terms = [f"{self.mod.helper('rt_exp')}(({neg}{_paren(x)} - {mf}) * {rg})"
                  for x in xs]
         s = self.tmp(ind, op, "s", " + ".join(terms))
         lg = self.tmp(ind, op, "lg", f"{self.mod.helper('rt_log')}({s})")

@@ -860,6 +860,54 @@ def rt_linspace(start, stop, num):
     return y
 
 
+# ---------------------------------------------------------------- unchecked accessors
+# Element access without Numba's bounds check, for accesses whose indices a test hoisted
+# out of their loop nest proved in range (backends/cpu/ranges.py); LLVM inlines them.
+@jit
+def rt_at1(a, i):
+    return a[i]
+
+
+@jit
+def rt_at2(a, i, j):
+    return a[i, j]
+
+
+@jit
+def rt_at3(a, i, j, k):
+    return a[i, j, k]
+
+
+@jit
+def rt_put1(a, i, v):
+    a[i] = v
+
+
+@jit
+def rt_put2(a, i, j, v):
+    a[i, j] = v
+
+
+@jit
+def rt_put3(a, i, j, k, v):
+    a[i, j, k] = v
+
+
+@jit
+def rt_inc1(a, i, v):
+    a[i] += v
+
+
+@jit
+def rt_inc2(a, i, j, v):
+    a[i, j] += v
+
+
+@jit
+def rt_inc3(a, i, j, k, v):
+    a[i, j, k] += v
+
+
 # ---------------------------------------------------------------- soft operators
 @jit
 def rt_check_gamma(gamma):
@@ -1035,8 +1083,9 @@ def rt_smaxn(gamma, l2, sign, xs):
     if not np.isfinite(m):
         return sign * m
     s = 0.0
+    rg = min(1.0 / gamma, 1.7976931348623157e308)     # one division (as _entropy_cell)
     for x in xs:
-        s += math.exp((sign * x - m) / gamma)
+        s += math.exp((sign * x - m) * rg)
     return sign * (m + gamma * math.log(s))
 
 

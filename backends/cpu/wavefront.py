@@ -30,6 +30,8 @@ from dplang.ir.core import Op, Region, Value
 from dplang.ir.printer import is_inlined_const
 from dplang.ir.wavefront import Nest, wavefront_nests
 
+from dplang.backends.cpu import ranges
+
 # ops whose latency makes the row order slow (libm calls, the soft operators)
 _EXPENSIVE = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "softplus", "smaxn",
               "sminn", "pow", "sin", "cos", "tan", "sqrt"}
@@ -128,8 +130,11 @@ def emit(gen, n: Nest, ind: int):
     gen.assign_slots(ind, outer, oslots, outer.operands[3:], ana.init_copies, 3, outer)
     for h in n.hoisted:
         _op(gen, h, ind)
+    # one test of the nest's index ranges (backends/cpu/ranges.py): the gathers, the
+    # scatters and the tape copies then index without checks
+    proved = ranges.guard(gen, n, ind, push_slots=n.pushes) if gen.mod.boundscheck else set()
     gen.assign_slots(ind, inner, islots, inner.operands[3:], ana.init_copies, 3, inner)
-    _Kernel(gen, n).emit(ind, islots)
+    _Kernel(gen, n, proved).emit(ind, islots)
     oy = ob.terminator
     gen.assign_slots(ind, oy, oslots, oy.operands, ana.yield_copies, 0, oy)
 
@@ -180,8 +185,9 @@ def _needed(ops, roots):
 class _Kernel:
     """One nest as strips x diagonals x (gather, kernel call, scatter), and its kernel."""
 
-    def __init__(self, gen, n: Nest):
+    def __init__(self, gen, n: Nest, proved=frozenset()):
         self.gen, self.n = gen, n
+        self.proved = proved
         self.ib = ib = n.inner.regions[0]
         self.iv_i, self.iv_j = n.outer.regions[0].args[0], ib.args[0]
         self.index, self.loads, self.stores, self.compute, self.invariant = _classify(n)
@@ -251,9 +257,15 @@ class _Kernel:
         gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
         for op in _needed(self.index, [v for op in self.loads for v in op.operands]):
             _op(gen, op, ind2 + 1)
-        for op in self.loads:
+        at1, put1 = gen.mod.helper("rt_at1"), gen.mod.helper("rt_put1")
+        for op in self.loads:       # (k < cells <= STRIP: the buffers need no check)
             idx = gen.index_text(op, op.operands[1:])
-            gen.line(ind2 + 1, f"{gbuf[op]}[{k}] = {gen.ref(op.operands[0])}[{idx}]", op)
+            x = gen.ref(op.operands[0])
+            if op in self.proved:
+                at = gen.mod.helper(f"rt_at{op.operands[0].type.ndim}")
+                gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {at}({x}, {idx}))", op)
+            else:
+                gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {x}[{idx}])", op)
         where = [cnt, lo, d] if self.uses_ij else [cnt]
         args = ([gbuf[op] for op in self.loads]
                 + [f"{obuf[v]}[{d} - {s0} - {c0}, {lo} - {s0}:]" if v in strip_rows
@@ -270,8 +282,12 @@ class _Kernel:
             x, v = op.operands[:2]
             sym = "=" if op.name == "setitem" else "+="
             idx = gen.index_text(op, op.operands[2:])
-            val = gen.literals[v] if v in gen.literals else f"{obuf[v]}[{k}]"
-            gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
+            val = gen.literals[v] if v in gen.literals else f"{at1}({obuf[v]}, {k})"
+            if op in self.proved:
+                acc = gen.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(x.type.ndim))
+                gen.line(ind2 + 1, f"{acc}({gen.ref(x)}, {idx}, {val})", op)
+            else:
+                gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
         y = ib.terminator
         gen.assign_slots(ind2, y, islots, y.operands, gen.ana.yield_copies, 0, y)
         # pushes go to the slots they have in row order, so the reverse sweep pops them in
@@ -293,8 +309,13 @@ class _Kernel:
             if v in gen.literals:
                 val = gen.literals[v]
             else:
-                val = f"{obuf[v]}[{r} + {jj} - {s0} - {c0}, {r} - {s0}]"
-            gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
+                val = (f"{gen.mod.helper('rt_at2')}({obuf[v]}, {r} + {jj} - {s0} - {c0}, "
+                       f"{r} - {s0})")
+            if op in self.proved:
+                gen.line(ind + 3, f"{gen.mod.helper('rt_put1')}({gen.ref(t)}, "
+                                  f"{gen.tape_count(t)} + {slot}, {val})", op)
+            else:
+                gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
         for t, p in per_cell.items():
             cells = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"
             gen.line(ind, f"{gen.tape_count(t)} += {cells}" + (f" * {p}" if p > 1 else ""),

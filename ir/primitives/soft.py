@@ -424,6 +424,9 @@ _smaxn_rules("smaxn", 1)
 _smaxn_rules("sminn", -1)
 
 
+DBL_MAX = float(np.finfo(np.float64).max)
+
+
 def _entropy_cell(b, gamma, xs, sign):
     """smaxn (sign 1) / sminn (-1) of scalars under entropy, in elementary ops: z = m +
     s*gamma*log(sum_k e_k) with e_k = exp(s*(x_k - m)/gamma) and m the s-extreme (the
@@ -442,13 +445,16 @@ def _entropy_cell(b, gamma, xs, sign):
     m = b.prim("maxn" if sign > 0 else "minn", *xs)
     fin = b.prim("lt", b.prim("abs", m), inf)
     mf = b.prim("where", fin, m, zero)
+    # one division by gamma per cell, not one per entry (divisions are the slowest
+    # arithmetic of a vectorised cell; an invariant gamma's reciprocal is hoisted out of
+    # the loop); capped so that a subnormal gamma still gives exp(0) = 1 at the maximum
+    rg = b.prim("minn", b.prim("div", one, gamma), c(DBL_MAX))
     es, ties = [], []
     for x in xs:
         fx = b.prim("lt", b.prim("abs", x), inf)
-        d = b.prim("sub", b.prim("where", fx, x, mf), mf)
-        if sign < 0:
-            d = b.prim("neg", d)
-        es.append(b.prim("where", fx, b.prim("exp", b.prim("div", d, gamma)), zero))
+        xm = b.prim("where", fx, x, mf)
+        d = b.prim("sub", xm, mf) if sign > 0 else b.prim("sub", mf, xm)
+        es.append(b.prim("where", fx, b.prim("exp", b.prim("mul", d, rg)), zero))
         ties.append(b.prim("cast", b.prim("eq", x, m), dtype=dt))
     total = es[0]
     for e in es[1:]:
@@ -460,11 +466,10 @@ def _entropy_cell(b, gamma, xs, sign):
         count = b.prim("add", count, t)
     count = b.prim("where", b.prim("gt", count, zero), count, one)
     safe = b.prim("where", b.prim("gt", total, zero), total, one)
-    # one division each (to within an ulp of e / safe): divisions are the slowest
-    # arithmetic of a vectorised cell
-    rs, rc = b.prim("div", one, safe), b.prim("div", one, count)
-    w = [b.prim("where", fin, b.prim("mul", e, rs), b.prim("mul", t, rc), hint="w")
-         for e, t in zip(es, ties)]
+    # the weights e_k / total (finite extreme) or tie_k / count (infinite extreme), with
+    # one division for both cases
+    r = b.prim("div", one, b.prim("where", fin, safe, count))
+    w = [b.prim("mul", b.prim("where", fin, e, t), r, hint="w") for e, t in zip(es, ties)]
     return z, w
 
 

@@ -1,0 +1,170 @@
+"""Bounds checks hoisted out of 2-D loop nests.
+
+Generated functions keep Numba's bounds checks (an index out of range is a located
+error, as in the interpreter), and a check costs a compare and a branch per index per
+access: in a DP recursion that reads four cells and writes one, about half of the time.
+In a nest that ``ir/wavefront.py`` accepts (``Nest``: two ``for`` loops with bounds
+known before the nest, a straight-line body), every access of the form
+
+    A[i + a, j + b]     (or any index that is ``i + a``, ``j + b`` or a value from
+                         before the nest, on each axis)
+
+runs at every iteration, so its indices sweep a rectangle whose corners are known
+before the nest starts.  ``guard`` emits one test of those corners before the nest
+(``-shape <= lowest`` and ``highest < shape`` on each axis, NumPy's rule for negative
+indices) and returns the accesses it proved; codegen then emits them through the
+runtime's unchecked accessors (``rt_at2``, ``rt_put2``, ``rt_inc2``, ...; LLVM inlines
+them).  When the test fails, some access of the nest is out of range at an iteration the
+nest certainly runs, so the function raises ``IndexError`` at once and the backend
+replays the call on the interpreter, which reports the located error (``__init__``).
+
+Tape pops in the nest (a reverse sweep) are proved the same way: the tape holds at least
+as many entries as the nest pops.
+"""
+from __future__ import annotations
+
+import re
+
+from dplang.ir import types as T
+from dplang.ir.core import Op, Value
+from dplang.ir.wavefront import Nest, _inside, _offset
+
+ACCESS_OPS = ("getitem", "setitem", "scatter_add")
+
+
+def _bounds(gen, loop: Op, sign: int):
+    """(lowest, highest, trip count) of ``loop``'s induction variable, as text (the trip
+    count is positive exactly when the loop runs)."""
+    lo, hi = (gen.literals.get(v) or gen.ref(v) for v in loop.operands[:2])
+    if sign > 0:
+        return lo, _plus(hi, -1), _minus(hi, lo)
+    return _plus(hi, 1), lo, _minus(lo, hi)
+
+
+def _table_value(n: Nest, arr: Value) -> Value | None:
+    """The value before the nest of the table ``arr`` (a version carried by the inner
+    loop), or ``arr`` itself when it is defined before the nest."""
+    ob, ib = n.outer.regions[0], n.inner.regions[0]
+    if not _inside(arr, ob):
+        return arr
+    slots = list(ib.args[1:])
+    chain = {a: k for k, a in enumerate(slots)}
+    for op in ib.ops:
+        if op.name in ("setitem", "scatter_add") and op.operands[0] in chain:
+            chain[op.results[0]] = chain[op.operands[0]]
+    k = chain.get(arr)
+    if k is None:
+        return None
+    v = n.outer.operands[3 + k]
+    return v if not _inside(v, ob) else None
+
+
+def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
+    """Emit the hoisted range test of nest ``n`` (before its loops) and return the ops
+    whose indices it proves in range; nothing when no access can be proved.  Pushes on
+    the tapes ``push_slots`` are proved too: they go to the slots ``count + rank`` of a
+    tape sized beforehand (the wavefront schedule's row-order slots)."""
+    ob, ib = n.outer.regions[0], n.inner.regions[0]
+    iv_i, iv_j = ob.args[0], ib.args[0]
+    i_lo, i_hi, i_n = _bounds(gen, n.outer, n.sign)
+    j_lo, j_hi, j_n = _bounds(gen, n.inner, n.sign)
+    hoisted = set(n.hoisted)
+
+    def span(v: Value):
+        a = _offset(v, iv_i)
+        if a is not None:
+            return _plus(i_lo, a), _plus(i_hi, a)
+        b = _offset(v, iv_j)
+        if b is not None:
+            return _plus(j_lo, b), _plus(j_hi, b)
+        if not _inside(v, ob) or v.owner in hoisted:
+            s = _paren(gen.literals.get(v) or gen.ref(v))
+            return s, s
+        return None
+
+    tests: list[str] = []
+    proved = set()
+    for op in ib.ops:
+        if op.name not in ACCESS_OPS:
+            continue
+        index = op.attrs.get("index")
+        if index is not None and any(e != "i" for e in index):
+            continue
+        arr = op.operands[0]
+        idx = op.operands[1:] if op.name == "getitem" else op.operands[2:]
+        if not isinstance(arr.type, T.Array) or len(idx) != arr.type.ndim:
+            continue
+        if op.name == "getitem" and not isinstance(op.results[0].type, T.Scalar):
+            continue
+        base = _table_value(n, arr)
+        if base is None:
+            continue
+        spans = [span(v) for v in idx]
+        if any(s is None for s in spans):
+            continue
+        name = gen.ref(base)
+        for ax, (lo, hi) in enumerate(spans):
+            size = f"{name}.shape[{ax}]"
+            low = [] if (_int(lo) or -1) >= 0 or lo == "0" else [f"-{size} <= {lo}"]
+            for t in low + [f"{hi} < {size}"]:
+                if t not in tests:
+                    tests.append(t)
+        proved.add(op)
+    pops: dict = {}
+    for op in ib.ops:
+        if op.name == "tape_pop" and isinstance(op.operands[0].type.elem, T.Scalar):
+            pops[op.operands[0]] = pops.get(op.operands[0], 0) + 1
+    pushes: dict = {}
+    for op in ib.ops:
+        if op.name == "tape_push" and op.operands[0] in push_slots:
+            pushes[op.operands[0]] = pushes.get(op.operands[0], 0) + 1
+    cells = f"{_paren(i_n)} * {_paren(j_n)}"
+    for t, p in pops.items():
+        tests.append(f"{cells}{f' * {p}' if p > 1 else ''} <= {gen.tape_count(t)}")
+        tests.append(f"{gen.tape_count(t)} <= {gen.ref(t)}.shape[0]")
+    for t, p in pushes.items():
+        tests.append(f"{gen.tape_count(t)} + {cells}{f' * {p}' if p > 1 else ''} <= "
+                     f"{gen.ref(t)}.shape[0]")
+    proved.update(op for op in ib.ops if op.name in ("tape_pop", "tape_push")
+                  and (op.operands[0] in pops or op.operands[0] in pushes))
+    if not proved:
+        return set()
+    gen.line(ind, f"# index checks hoisted out of the nest (backends/cpu/ranges.py)", n.outer)
+    gen.line(ind, f"if {i_n} > 0 and {j_n} > 0 and not (", n.outer)
+    for k, t in enumerate(tests):
+        gen.line(ind + 2, t + (" and" if k + 1 < len(tests) else "):"), n.outer)
+    gen.line(ind + 1, "raise IndexError('index out of range')", n.outer)
+    return proved
+
+
+def _int(s: str):
+    try:
+        return int(s)
+    except ValueError:
+        return None
+
+
+def _paren(s: str) -> str:
+    return s if s.isidentifier() or _int(s) is not None else f"({s})"
+
+
+def _plus(s: str, c: int) -> str:
+    """The text of ``s + c`` (folded when s is a literal)."""
+    if _int(s) is not None:
+        return str(_int(s) + c)
+    m = re.fullmatch(r"([A-Za-z_]\w*) ([+-]) (\d+)", s)
+    if m:                               # fold "t - 1" + c
+        c += int(m.group(3)) * (1 if m.group(2) == "+" else -1)
+        s = m.group(1)
+    if c == 0:
+        return s
+    return f"{_paren(s)} + {c}" if c > 0 else f"{_paren(s)} - {-c}"
+
+
+def _minus(a: str, b: str) -> str:
+    """The text of ``a - b``."""
+    if _int(a) is not None and _int(b) is not None:
+        return str(_int(a) - _int(b))
+    if _int(b) == 0:
+        return a
+    return f"{_paren(a)} - {_paren(b)}"
