@@ -389,6 +389,8 @@ class FuncGen:
         # and the nests that keep row order but get such a test
         self.unchecked: set = set()
         self.early: set = set()                 # ops emitted before their loop
+        self.carry_of: dict = {}                # read/add op -> its Carry's local
+        self.carry_loops: dict = {}             # inner for -> [(local, Carry)]
         self.rows = {} if not mod.boundscheck else {
             n.outer: n for n in wavefront.wavefront_nests(func) if n.outer not in self.waves}
 
@@ -678,6 +680,13 @@ class FuncGen:
                     self.op(h, ind)
             self.early.update(nest.hoisted)
             self.unchecked |= ranges.guard(self, nest, ind)
+            for c in ranges.carries(self, nest):
+                name = self.fresh("carry")
+                self.carry_of[c.read] = self.carry_of[c.add] = name
+                self.carry_loops.setdefault(nest.inner, []).append((name, c))
+        carry = self.carry_loops.get(op, ())
+        for name, c in carry:
+            self.line(ind, f"{name} = -0.0", c.add)
         body = op.regions[0]
         lo, hi, step = (self.ref(v) for v in op.operands[:3])
         iv = self.ref(body.args[0])
@@ -691,6 +700,14 @@ class FuncGen:
             self.assign_slots(ind + 1, y, slots, y.operands, self.ana.yield_copies, 0, y)
         if len(self.lines) == n:
             self.line(ind + 1, "pass", op)
+        for name, c in carry:           # the last iteration's add, where it goes
+            x = c.add.operands[0]
+            i = self.ref(c.add.operands[2])
+            last = ranges.last_value(self, op, c.sign)
+            inc = self.mod.helper("rt_inc2")
+            self.line(ind, f"if {ranges.trip_count(self, op, c.sign)} > 0:", c.add)
+            self.line(ind + 1, f"{inc}({self.ref(x)}, {i}, {ranges.plus(last, c.sign)}, {name})",
+                      c.add)
 
     def emit_while(self, op: Op, ind: int):
         cond, body = op.regions
@@ -1309,7 +1326,9 @@ class FuncGen:
         r = op.results[0]
         idx = self.index_text(op, op.operands[1:])
         if op in self.unchecked:
-            return f"{self.mod.helper(f'rt_at{x.type.ndim}')}({self.ref(x)}, {idx})"
+            e = f"{self.mod.helper(f'rt_at{x.type.ndim}')}({self.ref(x)}, {idx})"
+            c = self.carry_of.get(op)
+            return e if c is None else f"{e} + {c}"
         e = f"{self.ref(x)}[{idx}]" if idx else self.ref(x)
         if self.arr(r) and self.view_needs_copy(op):
             return f"{e}.copy()"
@@ -1321,6 +1340,9 @@ class FuncGen:
         idx = self.index_text(op, op.operands[2:]) or "..."
         val = self.val(v, x.type.dtype) if not self.arr(v) else self.ref(v)
         if op in self.inplace:
+            if op in self.carry_of:
+                self.line(ind, f"{self.carry_of[op]} = {val}", op)
+                return None
             if op in self.unchecked:
                 acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(x.type.ndim))
                 self.line(ind, f"{acc}({self.ref(x)}, {idx}, {val})", op)

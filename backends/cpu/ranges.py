@@ -37,8 +37,18 @@ def _bounds(gen, loop: Op, sign: int):
     count is positive exactly when the loop runs)."""
     lo, hi = (gen.literals.get(v) or gen.ref(v) for v in loop.operands[:2])
     if sign > 0:
-        return lo, _plus(hi, -1), _minus(hi, lo)
-    return _plus(hi, 1), lo, _minus(lo, hi)
+        return lo, plus(hi, -1), _minus(hi, lo)
+    return plus(hi, 1), lo, _minus(lo, hi)
+
+
+def last_value(gen, loop: Op, sign: int) -> str:
+    """The text of ``loop``'s last induction value (when it runs)."""
+    lo, hi, _ = _bounds(gen, loop, sign)
+    return hi if sign > 0 else lo
+
+
+def trip_count(gen, loop: Op, sign: int) -> str:
+    return _bounds(gen, loop, sign)[2]
 
 
 def _table_value(n: Nest, arr: Value) -> Value | None:
@@ -73,10 +83,10 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
     def span(v: Value):
         a = _offset(v, iv_i)
         if a is not None:
-            return _plus(i_lo, a), _plus(i_hi, a)
+            return plus(i_lo, a), plus(i_hi, a)
         b = _offset(v, iv_j)
         if b is not None:
-            return _plus(j_lo, b), _plus(j_hi, b)
+            return plus(j_lo, b), plus(j_hi, b)
         if not _inside(v, ob) or v.owner in hoisted:
             s = _paren(gen.literals.get(v) or gen.ref(v))
             return s, s
@@ -148,7 +158,7 @@ def _paren(s: str) -> str:
     return s if s.isidentifier() or _int(s) is not None else f"({s})"
 
 
-def _plus(s: str, c: int) -> str:
+def plus(s: str, c: int) -> str:
     """The text of ``s + c`` (folded when s is a literal)."""
     if _int(s) is not None:
         return str(_int(s) + c)
@@ -168,3 +178,44 @@ def _minus(a: str, b: str) -> str:
     if _int(b) == 0:
         return a
     return f"{_paren(a)} - {_paren(b)}"
+
+
+# ------------------------------------------------------------------- register carries
+class Carry:
+    """A table cell that the inner loop's iteration adds into and the next iteration
+    reads first (a reverse sweep's ``d_R[i, j - 1] += ...`` then ``d_R[i, j]``): the sum
+    travels in a local instead of through memory.  ``add`` becomes ``c = value``,
+    ``read`` becomes ``T[i, j] + c``, and after the inner loop the last iteration's
+    value is added where the original put it.  Bit for bit the original arithmetic:
+    no other access of the nest touches the cell in between, and ``c`` starts at -0.0
+    (``x + -0.0`` is ``x``, signed zeros included)."""
+
+    def __init__(self, read: Op, add: Op, sign: int):
+        self.read, self.add, self.sign = read, add, sign
+
+
+def carries(gen, n: Nest) -> list:
+    """The register carries of row-order nest ``n`` (accesses proved in range only)."""
+    out = []
+    by_table: dict = {}
+    for a in n.accesses:
+        by_table.setdefault(a.table, []).append(a)
+    s = n.sign
+    for k, accs in by_table.items():
+        row0 = [a for a in accs if a.offset[0] == 0]
+        reads = [a for a in row0 if a.kind == "read"]
+        adds = [a for a in row0 if a.kind == "add"]
+        if (len(reads) != 1 or reads[0].offset != (0, 0) or len(adds) != 1
+                or adds[0].offset != (0, s)):
+            continue
+        # other row-0 accesses: only writes of the cell itself, after its read
+        rest = [a for a in row0 if a is not reads[0] and a is not adds[0]]
+        order = [a.op for a in accs]
+        if any(a.offset != (0, 0) or a.kind != "write"
+               or order.index(a.op) < order.index(reads[0].op) for a in rest):
+            continue
+        if not (reads[0].op in gen.unchecked and adds[0].op in gen.unchecked
+                and adds[0].op in gen.inplace):
+            continue
+        out.append(Carry(reads[0].op, adds[0].op, s))
+    return out

@@ -1,0 +1,118 @@
+"""Bounds checks hoisted out of 2-D nests and register carries (backends/cpu/ranges.py):
+where the generated code uses them, that an index out of range is still the located
+error the interpreter gives, that negative indices keep NumPy's meaning, and that the
+results (values and gradients) agree with the interpreter bit for bit or to rounding."""
+import numpy as np
+import pytest
+
+import dplang as dp
+
+rng = np.random.default_rng(11)
+
+SRC = '''
+from std.align import dtw, soft_dtw
+
+# reads one row too far at the last iteration
+def overrun(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = D[i, j - 1] + R[i - 1, j]
+    return R[n, m]
+
+# index -1 at the first row and column: NumPy's last row / column
+def wraps(D: f64[n, m]) -> f64:
+    R = ones((n, m))
+    for i in range(n):
+        for j in range(m):
+            R[i, j] = 0.5 * R[i - 1, j] + 0.25 * R[i, j - 1] + D[i, j]
+    return sum(R)
+
+# a recursion along rows: its reverse sweep adds into the left neighbour, which the
+# next (descending) iteration reads first: a register carry
+def feed(D: f64[n, m], a: f64) -> f64:
+    R = ones((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = a * R[i, j - 1] + D[i - 1, j - 1] * R[i - 1, j]
+    return sum(R)
+
+# the left neighbour is rewritten in the iteration too: its adjoint is read and
+# written there as well, so it cannot travel in a local
+def feed_back(D: f64[n, m], a: f64) -> f64:
+    R = ones((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = a * R[i, j - 1] + D[i - 1, j - 1] * R[i - 1, j]
+            R[i, j - 1] = 0.5 * R[i, j - 1] + 0.25 * R[i, j]
+    return sum(R)
+'''
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return (dp.compile(SRC, filename="ranges.dp", backend="cpu"),
+            dp.compile(SRC, filename="ranges.dp", backend="interp"))
+
+
+def test_nests_get_one_hoisted_test_and_unchecked_accesses(mods):
+    cpu, _ = mods
+    src = cpu.dtw.source()
+    assert "index checks hoisted out of the nest" in src
+    assert "raise IndexError(" in src
+    assert "rt_at2(D, " in src and "rt_put2(R_3, i, j, " in src
+    # the reverse sweep: its tape pops too
+    vg = dp.value_and_grad(cpu.soft_dtw).source()
+    assert vg.count("index checks hoisted out of the nest") == 2
+    assert "= rt_at1(tape, tape_n)" in vg
+
+
+def test_out_of_range_is_still_the_located_error(mods):
+    cpu, interp = mods
+    D = rng.random((5, 4))
+    with pytest.raises(dp.DPError) as e_cpu:
+        cpu.overrun(D)
+    with pytest.raises(dp.DPError) as e_int:
+        interp.overrun(D)
+    assert "ranges.dp:" in str(e_cpu.value)
+    assert str(e_int.value).splitlines()[0] in str(e_cpu.value)
+    # an empty nest runs nothing, so it cannot fail
+    assert cpu.overrun(np.zeros((0, 4))) == interp.overrun(np.zeros((0, 4)))
+
+
+def test_negative_indices_keep_their_numpy_meaning(mods):
+    cpu, interp = mods
+    for shape in [(1, 1), (3, 5), (17, 9)]:
+        D = rng.random(shape)
+        assert cpu.wraps(D) == interp.wraps(D)
+        g_cpu, g_int = dp.grad(cpu.wraps)(D), dp.grad(interp.wraps)(D)
+        np.testing.assert_allclose(g_cpu, g_int, rtol=1e-13, atol=1e-15)
+
+
+def test_register_carry_where_it_applies_and_not_otherwise(mods):
+    cpu, interp = mods
+    assert "carry = -0.0" in dp.grad(cpu.feed, wrt=0).source()
+    assert "carry" not in cpu.feed.source()             # (nothing to carry forwards)
+    back = dp.grad(cpu.feed_back, wrt=0).source()
+    assert "index checks hoisted" in back and "carry" not in back
+    # reverse sweeps of DP recursions carry the left neighbour's adjoint
+    assert "carry = -0.0" in dp.value_and_grad(cpu.dtw).source()
+    for f in ("feed", "feed_back"):
+        for shape in [(1, 1), (4, 7), (9, 2)]:
+            D = rng.random(shape) - 0.5
+            assert getattr(cpu, f)(D, 0.75) == getattr(interp, f)(D, 0.75)
+            gc = dp.grad(getattr(cpu, f), wrt=0)(D, 0.75)
+            gi = dp.grad(getattr(interp, f), wrt=0)(D, 0.75)
+            np.testing.assert_allclose(gc, gi, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 9), (65, 3), (70, 70)])
+def test_dtw_and_soft_dtw_gradients_agree_with_the_interpreter(mods, shape):
+    cpu, interp = mods
+    D = rng.random(shape)
+    for f in ("dtw", "soft_dtw"):
+        args = (D,) if f == "dtw" else (D, 0.3)
+        vc, gc = dp.value_and_grad(getattr(cpu, f))(*args)
+        vi, gi = dp.value_and_grad(getattr(interp, f))(*args)
+        assert abs(vc - vi) <= 1e-12 * abs(vi)
+        np.testing.assert_allclose(gc, gi, rtol=1e-11, atol=1e-14)
