@@ -16,7 +16,12 @@ How a call runs:
    next to it: a second process loading the same program compiles nothing;
 3. the jitted function is compiled for the argument types (``dispatcher.compile``; a
    failure there is a ``DPInternalError``, after one retry with Numba's cache files
-   of that module removed, in case they were corrupt) and called.
+   of that module removed, in case they were corrupt) and called;
+4. its machine code is also saved next to the module (``native.save``,
+   ``m_<digest>.<function>.<argument layout>.nrtobj``): a later process that finds
+   that file calls it through ``native.load`` without importing Numba at all (a warm
+   start), and falls back to steps 2-3 if the file cannot be used
+   (``DPLANG_NATIVE=0`` turns this path off).
 
 A run-time failure inside compiled code (a failed ``assert``, an index out of range,
 a singular matrix, a non-positive ``gamma``) is reported as the interpreter reports it:
@@ -38,6 +43,7 @@ from dplang.ir.core import Func, Program
 
 from dplang.backends.cpu import cache as _cache
 from dplang.backends.cpu import memory as _memory
+from dplang.backends.cpu import native as _native
 from dplang.backends.cpu.codegen import Generated, generate
 
 __all__ = ["run_func", "source", "stats", "compiled_function"]
@@ -45,15 +51,17 @@ __all__ = ["run_func", "source", "stats", "compiled_function"]
 _lock = threading.RLock()
 _modules: dict = {}          # digest -> imported module
 _compiled: dict = {}         # (digest, fname, signature) -> dispatcher known compiled
-_STATS = {"generated": 0, "written": 0, "imported": 0, "compiled": 0}
+_STATS = {"generated": 0, "written": 0, "imported": 0, "compiled": 0, "native": 0,
+          "saved": 0}
 
 _PROG_ATTR = "_dplang_cpu_gen"
 
 
 def stats() -> dict:
     """Counters of this process: modules generated, written to the cache, imported,
-    and signatures compiled; plus Numba's cache hits and misses summed over the
-    jitted functions of the imported modules."""
+    signatures compiled through Numba, signatures loaded without Numba (``native``) and
+    saved for that; plus Numba's cache hits and misses summed over the jitted functions
+    of the imported modules."""
     out = dict(_STATS)
     hits = misses = 0
     for mod in list(_modules.values()):
@@ -148,6 +156,13 @@ def compiled_function(program: Program, key: str, vals: list):
     if not digest:
         digest = gen.digest = _cache.digest_of(gen.text)
     fname = gen.names[key]
+    spec = _native.spec_of_values(vals)
+    nat = _native_path(digest, fname, spec)
+    if nat is not None:
+        with _lock:
+            fn = _native_load(digest, gen.text, nat, fname)
+        if fn is not None:
+            return fn
     sig = _typeof(vals)
     ck = (digest, fname, sig)
     disp = _compiled.get(ck)
@@ -177,7 +192,57 @@ def compiled_function(program: Program, key: str, vals: list):
                     program.funcs[key].loc) from None
         _STATS["compiled"] += 1
         _compiled[ck] = disp
+        if nat is not None and tuple(sig) in disp.overloads:
+            try:
+                _native.save(disp, sig, nat)
+                _STATS["saved"] += 1
+            except Exception:       # SaveError, or anything unforeseen: Numba's path stays
+                pass
     return disp
+
+
+def native_enabled() -> bool:
+    return os.environ.get("DPLANG_NATIVE", "1").strip().lower() not in ("0", "false", "no",
+                                                                        "off")
+
+
+def _native_path(digest: str, fname: str, spec):
+    """Where the machine code of ``fname`` for arguments ``spec`` is saved (None: not
+    for this kind of arguments, or the path is off)."""
+    if spec is None or not native_enabled():
+        return None
+    return os.path.join(_cache.module_dir(),
+                        f"m_{digest}.{fname}.{_native.spec_key(spec)}.nrtobj")
+
+
+_native_loaded: dict = {}
+
+
+def _native_load(digest: str, text: str, path: str, fname: str):
+    """The saved overload at ``path`` as a callable, or None (no file, or one that cannot
+    be used here: it is then removed and rebuilt by the Numba path)."""
+    fn = _native_loaded.get(path)
+    if fn is not None:
+        return fn
+    if not os.path.exists(path):
+        return None
+    # the module entry is checked (and repaired) as the Numba path would
+    path_py, written = _cache.write_module(digest, text)
+    if written:
+        _STATS["written"] += 1
+        return None
+    _memory.tune()
+    try:
+        fn = _native.load(path, fname)
+    except Exception:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
+    _STATS["native"] += 1
+    _native_loaded[path] = fn
+    return fn
 
 
 def run_func(program: Program, name_or_func, args: list) -> list:
@@ -200,7 +265,8 @@ def run_func(program: Program, name_or_func, args: list) -> list:
     # before (programs are not modified once a pass returned them)
     fast = program.__dict__.setdefault("_cpu_fast", {})
     layout = (key, _func_signature(func), boundscheck(), tuple(
-        (v.dtype.char, v.ndim, v.flags.c_contiguous) if isinstance(v, np.ndarray)
+        (v.dtype.char, v.ndim, v.flags.c_contiguous, v.flags.f_contiguous,
+         v.flags.writeable, v.flags.aligned) if isinstance(v, np.ndarray)
         else type(v) for v in vals))
     disp = fast.get(layout)
     if disp is None:

@@ -48,12 +48,12 @@ def versions() -> str:
     runtime.py (Numba's cache does not notice a change in a callee's file)."""
     global _VERSIONS
     if _VERSIONS is None:
-        import numba
-        from dplang.backends.cpu.codegen import CODEGEN_VERSION
+        from importlib.metadata import version      # (not ``import numba``: warm starts
+        from dplang.backends.cpu.codegen import CODEGEN_VERSION    # do without it)
         with open(os.path.join(os.path.dirname(__file__), "runtime.py"), "rb") as fh:
             rt = hashlib.sha256(fh.read()).hexdigest()[:12]
         _VERSIONS = (f"py{sys.version_info[0]}{sys.version_info[1]}-np{np.__version__}-"
-                     f"numba{numba.__version__}-cg{CODEGEN_VERSION}-rt{rt}")
+                     f"numba{version('numba')}-cg{CODEGEN_VERSION}-rt{rt}")
     return _VERSIONS
 
 
