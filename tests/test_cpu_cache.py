@@ -24,17 +24,28 @@ SCRIPT = textwrap.dedent('''
 
     def norm2(x: f64[n]) -> f64:
         return sqrt(sq(x))
+
+    def root(x: f64) -> f64:
+        assert x >= 0.0, "root of a negative number"
+        return sqrt(x)
     """
     m = dp.compile(src, filename="cache_probe.dp", backend="cpu")
     v = m.norm2(np.arange(4.0))
+    try:
+        m.root(-1.0)
+        err = None
+    except dp.DPError as e:
+        err = str(e)
     st = cpu.stats()
     st["value"] = v
+    st["error"] = err
+    st["numba_imported"] = "numba" in sys.modules
     print(json.dumps(st))
 ''')
 
 
-def run(cache, check=True):
-    env = dict(os.environ, DPLANG_CACHE=str(cache))
+def run(cache, check=True, native=True):
+    env = dict(os.environ, DPLANG_CACHE=str(cache), DPLANG_NATIVE="1" if native else "0")
     p = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                        timeout=300)
     if check:
@@ -47,6 +58,11 @@ def module_files(cache):
     return glob.glob(os.path.join(str(cache), "cpu-*", "m_*.py"))
 
 
+def norm2_module(cache):
+    (path,) = [p for p in module_files(cache) if "def norm2(" in open(p).read()]
+    return path
+
+
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
@@ -57,12 +73,21 @@ def warm(tmp_path_factory):
 def test_second_process_does_not_recompile(warm):
     cache, first = warm
     assert first["value"] == pytest.approx(14 ** 0.5)
-    assert first["written"] == 1 and first["cache_misses"] >= 1
+    assert first["written"] == 2 and first["cache_misses"] >= 1    # norm2's and root's
+    assert first["saved"] >= 2                  # norm2 and root, for the native path
+    # the second process runs the saved machine code without importing Numba
     second = run(cache)
     assert second["value"] == first["value"]
-    assert second["written"] == 0
-    assert second["cache_misses"] == 0 and second["cache_hits"] >= 1
-    (path,) = module_files(cache)
+    assert second["written"] == 0 and second["compiled"] == 0
+    assert second["native"] >= 2 and not second["numba_imported"]
+    # the error raised inside that code is still the located one
+    assert second["error"] == first["error"]
+    assert "cache_probe.dp:" in first["error"] and "root of a negative number" in first["error"]
+    # without the native path, Numba's own cache serves the same entry
+    third = run(cache, native=False)
+    assert third["value"] == first["value"] and third["numba_imported"]
+    assert third["cache_misses"] == 0 and third["cache_hits"] >= 1
+    path = norm2_module(cache)
     with open(path) as fh:
         assert fh.readline().startswith("# dplang-cache sha256=")
     # Numba's own cache files live next to the module
@@ -77,7 +102,7 @@ def test_two_processes_compiling_at_once(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert json.loads(out.strip().splitlines()[-1])["value"] == pytest.approx(14 ** 0.5)
-    assert len(module_files(tmp_path)) == 1
+    assert len(module_files(tmp_path)) == 2
     assert not glob.glob(os.path.join(str(tmp_path), "cpu-*", ".*tmp"))
     third = run(tmp_path)
     assert third["written"] == 0 and third["cache_misses"] == 0
@@ -85,7 +110,7 @@ def test_two_processes_compiling_at_once(tmp_path):
 
 def test_truncated_module_is_detected_and_rebuilt(warm):
     cache, _ = warm
-    (path,) = module_files(cache)
+    path = norm2_module(cache)
     with open(path) as fh:
         text = fh.read()
     with open(path, "w") as fh:
@@ -99,15 +124,36 @@ def test_truncated_module_is_detected_and_rebuilt(warm):
 
 def test_corrupt_numba_cache_is_rebuilt(warm):
     cache, _ = warm
-    run(cache)                                   # make sure the entry is complete
+    run(cache, native=False)                     # make sure the entry is complete
     files = glob.glob(os.path.join(str(cache), "cpu-*", "__pycache__", "m_*.nb*"))
     assert files
     for f in files:
         with open(f, "wb") as fh:
             fh.write(b"\x80\x04garbage")
-    again = run(cache)
+    again = run(cache, native=False)
     assert again["value"] == pytest.approx(14 ** 0.5)
-    after = run(cache)                           # and the rebuilt entry is used again
+    after = run(cache, native=False)             # and the rebuilt entry is used again
+    assert after["value"] == pytest.approx(14 ** 0.5)
+    assert after["cache_misses"] == 0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip"])
+def test_damaged_native_code_is_replaced(warm, damage):
+    cache, _ = warm
+    run(cache)
+    files = glob.glob(os.path.join(str(cache), "cpu-*", "m_*.nrtobj"))
+    assert len(files) >= 2
+    for f in files:
+        data = open(f, "rb").read()
+        with open(f, "wb") as fh:
+            flip = data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:]   # in the code
+            fh.write({"truncate": data[: len(data) // 2], "garbage": b"DPLANG-NRTOBJ\n" + b"x" * 64,
+                      "empty": b"", "flip": flip}[damage])
+    again = run(cache)                           # Numba's path, and the files saved again
+    assert again["value"] == pytest.approx(14 ** 0.5) and again["native"] == 0
+    assert again["saved"] >= 2 and "root of a negative number" in again["error"]
+    after = run(cache)
+    assert after["native"] >= 2 and not after["numba_imported"]
     assert after["value"] == pytest.approx(14 ** 0.5)
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -56,7 +57,7 @@ import struct
 import sys
 import tempfile
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"DPLANG-NRTOBJ\n"
 
 # Numba's extension modules this loader uses, by import name and path below the package.
@@ -332,7 +333,8 @@ def save(disp, sig, path: str) -> dict:
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".nrtobj.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(MAGIC + struct.pack("<QQ", len(blob), len(obj)) + blob + obj)
+            body = struct.pack("<QQ", len(blob), len(obj)) + blob + obj
+            fh.write(MAGIC + hashlib.sha256(body).digest() + body)
         os.replace(tmp, path)
         tmp = None
     finally:
@@ -534,6 +536,10 @@ def read(path: str):
     if not data.startswith(MAGIC):
         raise LoadError("not a saved object")
     n = len(MAGIC)
+    # a damaged file must never reach the machine: the whole body is hashed
+    if len(data) < n + 48 or hashlib.sha256(data[n + 32:]).digest() != data[n:n + 32]:
+        raise LoadError("damaged (checksum)")
+    n += 32
     lm, lo = struct.unpack_from("<QQ", data, n)
     n += 16
     if len(data) != n + lm + lo:
