@@ -386,13 +386,15 @@ class FuncGen:
         self.kernel_mode = False                # emitting a kernel: vector-friendly math
         self.waves = wavefront.plan(self)
         # accesses whose indices a hoisted test proved in range (backends/cpu/ranges.py),
-        # and the nests that keep row order but get such a test
+        # and the nests that keep row order but get such a test: reverse sweeps (they
+        # pop a tape); forward nests measured faster with Numba's per-access checks
         self.unchecked: set = set()
         self.early: set = set()                 # ops emitted before their loop
         self.carry_of: dict = {}                # read/add op -> its Carry's local
         self.carry_loops: dict = {}             # inner for -> [(local, Carry)]
         self.rows = {} if not mod.boundscheck else {
-            n.outer: n for n in wavefront.wavefront_nests(func) if n.outer not in self.waves}
+            n.outer: n for n in wavefront.wavefront_nests(func)
+            if n.outer not in self.waves and n.pops}
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
