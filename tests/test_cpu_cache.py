@@ -10,6 +10,12 @@ import textwrap
 
 import pytest
 
+from dplang.backends.cpu import native
+
+# the native warm path runs where the loader was tested (a Numba release it knows);
+# elsewhere the same tests check that Numba's path serves instead
+NATIVE = native.supported()
+
 SCRIPT = textwrap.dedent('''
     import json, sys
     import numpy as np
@@ -74,12 +80,16 @@ def test_second_process_does_not_recompile(warm):
     cache, first = warm
     assert first["value"] == pytest.approx(14 ** 0.5)
     assert first["written"] == 2 and first["cache_misses"] >= 1    # norm2's and root's
-    assert first["saved"] >= 2                  # norm2 and root, for the native path
+    assert (first["saved"] >= 2) == NATIVE      # norm2 and root, for the native path
     # the second process runs the saved machine code without importing Numba
     second = run(cache)
     assert second["value"] == first["value"]
-    assert second["written"] == 0 and second["compiled"] == 0
-    assert second["native"] >= 2 and not second["numba_imported"]
+    assert second["written"] == 0
+    if NATIVE:
+        assert second["compiled"] == 0
+        assert second["native"] >= 2 and not second["numba_imported"]
+    else:
+        assert second["cache_misses"] == 0 and second["cache_hits"] >= 1
     # the error raised inside that code is still the located one
     assert second["error"] == first["error"]
     assert "cache_probe.dp:" in first["error"] and "root of a negative number" in first["error"]
@@ -142,6 +152,9 @@ def test_damaged_native_code_is_replaced(warm, damage):
     cache, _ = warm
     run(cache)
     files = glob.glob(os.path.join(str(cache), "cpu-*", "m_*.nrtobj"))
+    if not NATIVE:                  # nothing saved, nothing to damage
+        assert files == []
+        return
     assert len(files) >= 2
     for f in files:
         data = open(f, "rb").read()

@@ -77,6 +77,29 @@ _LINALG_HELPERS = ("xx", "ez_", "xgesv")
 _BLAS_HELPERS = {"xxdot", "xxgemv", "xxgemm", "xxnrm2"}     # the rest need LAPACK
 
 
+# The Numba releases whose internals (extension modules, helper tables, Environment
+# layout, object caching) this loader was written and tested against; with any other,
+# ``supported()`` is False and the backend keeps Numba's own path.
+TESTED_NUMBA = ("0.68",)
+
+
+def numba_version() -> str:
+    from importlib.metadata import version
+    return version("numba")
+
+
+def supported() -> bool:
+    """Whether this process can use saved machine code (a tested Numba, ELF x86-64)."""
+    import platform
+    try:
+        v = numba_version()
+    except Exception:
+        return False
+    return (any(v == t or v.startswith(t + ".") for t in TESTED_NUMBA)
+            and sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+            and sys.byteorder == "little")
+
+
 class SaveError(Exception):
     """This overload cannot be saved for loading without Numba."""
 
