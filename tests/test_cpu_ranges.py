@@ -43,6 +43,16 @@ def feed(D: f64[n, m], a: f64, g: f64) -> f64:
             R[i, j] = min(a * R[i, j - 1], D[i - 1, j - 1] * R[i - 1, j])
     return sum(R)
 
+# a 4-D read inside a wavefront nest (no unchecked accessor of that rank: it keeps its
+# checked form)
+@smooth(entropy, gamma=g)
+def four(D: f64[n, m, 2, 2], g: f64) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = D[i - 1, j - 1, 1, 0] + min(R[i - 1, j], R[i, j - 1])
+    return R[n, m]
+
 # the left neighbour is rewritten in the iteration too: its adjoint is read and
 # written there as well, so it cannot travel in a local
 def feed_back(D: f64[n, m], a: f64) -> f64:
@@ -128,3 +138,13 @@ def test_dtw_and_soft_dtw_gradients_agree_with_the_interpreter(mods, shape):
         vi, gi = dp.value_and_grad(getattr(interp, f))(*args)
         assert abs(vc - vi) <= 1e-12 * abs(vi)
         np.testing.assert_allclose(gc, gi, rtol=1e-11, atol=1e-14)
+
+
+def test_reads_of_any_rank_inside_a_nest(mods):
+    cpu, interp = mods
+    D = rng.random((9, 7, 2, 2))
+    assert "index checks hoisted" in cpu.four.source()
+    vc, gc = dp.value_and_grad(cpu.four)(D, 0.4)
+    vi, gi = dp.value_and_grad(interp.four)(D, 0.4)
+    assert abs(vc - vi) <= 1e-13 * abs(vi)
+    np.testing.assert_allclose(gc, gi, rtol=1e-12, atol=1e-15)

@@ -1,6 +1,7 @@
 """The CPU runtime's vectorisable exp, expm1, tanh and log (backends/cpu/runtime.py, "vector-
 friendly math") against a long-double NumPy reference, and their special values against
 NumPy's float64 functions."""
+import numba
 import numpy as np
 import pytest
 
@@ -15,10 +16,19 @@ SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 709.78, 709.79, 710.0, 8
                     5e-324, -5e-324, 19.0, 20.0, 21.0, 40.0, -40.0, 1e-8, -1e-8,
                     0.34657, -0.34657, 0.34658, 37.0, 38.0, -37.5, 1.0, -1.0])
 
+@numba.njit
+def _log_a(x):
+    """rt_log over an array (generated code calls it in wavefront kernels only)."""
+    out = np.empty_like(x)
+    for k in range(x.size):
+        out[k] = rt.rt_log(x[k])
+    return out
+
+
 CASES = [("exp", rt.rt_exp_a, np.exp, 1.0),
          ("expm1", rt.rt_expm1_a, np.expm1, 2.0),
          ("tanh", rt.rt_tanh_a, np.tanh, 3.0),
-         ("log", rt.rt_log_a, np.log, 1.0)]
+         ("log", _log_a, np.log, 1.0)]
 
 
 def sample(rng, name="exp"):

@@ -209,20 +209,13 @@ def native_enabled() -> bool:
 def _native_path(digest: str, fname: str, spec):
     """Where the machine code of ``fname`` for arguments ``spec`` is saved (None: not
     for this kind of arguments, or the path is off)."""
-    if spec is None or not native_enabled() or not _native_ok():
+    if spec is None or not native_enabled() or not _native.supported():
         return None
     return os.path.join(_cache.module_dir(),
                         f"m_{digest}.{fname}.{_native.spec_key(spec)}.nrtobj")
 
 
 _native_loaded: dict = {}
-_NATIVE_OK: list = []
-
-
-def _native_ok() -> bool:
-    if not _NATIVE_OK:
-        _NATIVE_OK.append(_native.supported())
-    return _NATIVE_OK[0]
 
 
 def _native_load(digest: str, text: str, path: str, fname: str):
@@ -234,7 +227,7 @@ def _native_load(digest: str, text: str, path: str, fname: str):
     if not os.path.exists(path):
         return None
     # the module entry is checked (and repaired) as the Numba path would
-    path_py, written = _cache.write_module(digest, text)
+    _, written = _cache.write_module(digest, text)
     if written:
         _STATS["written"] += 1
         return None

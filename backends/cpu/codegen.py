@@ -56,6 +56,10 @@ _BAD = re.compile(r"[^0-9A-Za-z_]")
 _DBL_MAX = 1.7976931348623157e308          # the largest float64 (a reciprocal of gamma is capped at it)
 
 
+def _rank(v: Value) -> int:
+    return v.type.ndim if isinstance(v.type, T.Array) else 1     # (a scalar tape: 1-D)
+
+
 # ---------------------------------------------------------------------- runtime helpers
 _HELPERS: dict | None = None
 
@@ -659,9 +663,20 @@ class FuncGen:
             return self.line(ind, f"{n} += 1", op)
         self.line(ind, f"{n} -= 1", op)
         if op in self.unchecked:
-            return self.line(ind, f"{self.ref(op.results[0])} = {self.mod.helper('rt_at1')}"
-                                  f"({t}, {n})", op)
+            return self.line(ind, f"{self.ref(op.results[0])} = "
+                                  f"{self.unchecked_load(tape, n)}", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
+
+    def unchecked_load(self, x: Value, idx: str) -> str:
+        """``x[idx]`` through the runtime's unchecked accessor (indices proved in range
+        by backends/cpu/ranges.py); ``x`` an array or a scalar tape (a 1-D buffer)."""
+        return f"{self.mod.helper(f'rt_at{_rank(x)}')}({self.ref(x)}, {idx})"
+
+    def unchecked_store(self, x: Value, idx: str, sym: str, val: str) -> str:
+        """The statement ``x[idx] = val`` (``sym`` "=") or ``x[idx] += val`` ("+="),
+        unchecked."""
+        acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(_rank(x)))
+        return f"{acc}({self.ref(x)}, {idx}, {val})"
 
     def tape_count(self, tape: Value) -> str:
         """The local that counts a scalar tape's entries."""
@@ -706,10 +721,9 @@ class FuncGen:
             x = c.add.operands[0]
             i = self.ref(c.add.operands[2])
             last = ranges.last_value(self, op, c.sign)
-            inc = self.mod.helper("rt_inc2")
             self.line(ind, f"if {ranges.trip_count(self, op, c.sign)} > 0:", c.add)
-            self.line(ind + 1, f"{inc}({self.ref(x)}, {i}, {ranges.plus(last, c.sign)}, {name})",
-                      c.add)
+            self.line(ind + 1, self.unchecked_store(
+                x, f"{i}, {ranges.plus(last, c.sign)}", "+=", name), c.add)
 
     def emit_while(self, op: Op, ind: int):
         cond, body = op.regions
@@ -1328,7 +1342,7 @@ class FuncGen:
         r = op.results[0]
         idx = self.index_text(op, op.operands[1:])
         if op in self.unchecked:
-            e = f"{self.mod.helper(f'rt_at{x.type.ndim}')}({self.ref(x)}, {idx})"
+            e = self.unchecked_load(x, idx)
             c = self.carry_of.get(op)
             return e if c is None else f"{e} + {c}"
         e = f"{self.ref(x)}[{idx}]" if idx else self.ref(x)
@@ -1346,8 +1360,7 @@ class FuncGen:
                 self.line(ind, f"{self.carry_of[op]} = {val}", op)
                 return None
             if op in self.unchecked:
-                acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(x.type.ndim))
-                self.line(ind, f"{acc}({self.ref(x)}, {idx}, {val})", op)
+                self.line(ind, self.unchecked_store(x, idx, sym, val), op)
                 return None
             self.line(ind, f"{self.ref(x)}[{idx}] {sym} {val}", op)
             return None

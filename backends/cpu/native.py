@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -88,6 +89,7 @@ def numba_version() -> str:
     return version("numba")
 
 
+@functools.lru_cache(maxsize=None)
 def supported() -> bool:
     """Whether this process can use saved machine code (a tested Numba, ELF x86-64)."""
     import platform

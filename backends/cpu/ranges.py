@@ -32,6 +32,7 @@ from dplang.ir.core import Op, Value
 from dplang.ir.wavefront import Nest, _inside, _offset
 
 ACCESS_OPS = ("getitem", "setitem", "scatter_add")
+MAX_NDIM = 3            # the runtime's unchecked accessors: rt_at1..3, rt_put1..3, rt_inc1..3
 
 
 def _bounds(gen, loop: Op, sign: int):
@@ -53,24 +54,6 @@ def trip_count(gen, loop: Op, sign: int) -> str:
     return _bounds(gen, loop, sign)[2]
 
 
-def _table_value(n: Nest, arr: Value) -> Value | None:
-    """The value before the nest of the table ``arr`` (a version carried by the inner
-    loop), or ``arr`` itself when it is defined before the nest."""
-    ob, ib = n.outer.regions[0], n.inner.regions[0]
-    if not _inside(arr, ob):
-        return arr
-    slots = list(ib.args[1:])
-    chain = {a: k for k, a in enumerate(slots)}
-    for op in ib.ops:
-        if op.name in ("setitem", "scatter_add") and op.operands[0] in chain:
-            chain[op.results[0]] = chain[op.operands[0]]
-    k = chain.get(arr)
-    if k is None:
-        return None
-    v = n.outer.operands[3 + k]
-    return v if not _inside(v, ob) else None
-
-
 def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
     """Emit the hoisted range test of nest ``n`` (before its loops) and return the ops
     whose indices it proves in range; nothing when no access can be proved.  Pushes on
@@ -81,6 +64,14 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
     i_lo, i_hi, i_n = _bounds(gen, n.outer, n.sign)
     j_lo, j_hi, j_n = _bounds(gen, n.inner, n.sign)
     hoisted = set(n.hoisted)
+    table_of = {a.op: a.table for a in n.accesses}
+
+    def base_of(op: Op):
+        """The array ``op`` accesses, as a value from before the nest (a table: the
+        value the nest starts from)."""
+        k = table_of.get(op)
+        v = op.operands[0] if k is None else n.outer.operands[3 + k]
+        return None if _inside(v, ob) else v
 
     def span(v: Value):
         a = _offset(v, iv_i)
@@ -104,11 +95,12 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
             continue
         arr = op.operands[0]
         idx = op.operands[1:] if op.name == "getitem" else op.operands[2:]
-        if not isinstance(arr.type, T.Array) or len(idx) != arr.type.ndim:
+        if (not isinstance(arr.type, T.Array) or len(idx) != arr.type.ndim
+                or arr.type.ndim > MAX_NDIM):
             continue
         if op.name == "getitem" and not isinstance(op.results[0].type, T.Scalar):
             continue
-        base = _table_value(n, arr)
+        base = base_of(op)
         if base is None:
             continue
         spans = [span(v) for v in idx]
@@ -117,7 +109,8 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
         name = gen.ref(base)
         for ax, (lo, hi) in enumerate(spans):
             size = f"{name}.shape[{ax}]"
-            low = [] if (_int(lo) or -1) >= 0 or lo == "0" else [f"-{size} <= {lo}"]
+            nonneg = _int(lo) is not None and _int(lo) >= 0     # (a shape is never < 0)
+            low = [] if nonneg else [f"-{size} <= {lo}"]
             for t in low + [f"{hi} < {size}"]:
                 if t not in tests:
                     tests.append(t)

@@ -150,16 +150,6 @@ def rt_exp_a(x):
 
 
 @jit
-def rt_log_a(x):
-    out = np.empty(x.shape, np.float64)
-    xf = x.ravel()
-    of = out.reshape(-1)
-    for k in range(xf.size):
-        of[k] = rt_log(np.float64(xf[k]))
-    return out
-
-
-@jit
 def rt_expm1_a(x):
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()

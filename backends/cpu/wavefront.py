@@ -262,8 +262,8 @@ class _Kernel:
             idx = gen.index_text(op, op.operands[1:])
             x = gen.ref(op.operands[0])
             if op in self.proved:
-                at = gen.mod.helper(f"rt_at{op.operands[0].type.ndim}")
-                gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {at}({x}, {idx}))", op)
+                gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, "
+                                   f"{gen.unchecked_load(op.operands[0], idx)})", op)
             else:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {x}[{idx}])", op)
         where = [cnt, lo, d] if self.uses_ij else [cnt]
@@ -284,8 +284,7 @@ class _Kernel:
             idx = gen.index_text(op, op.operands[2:])
             val = gen.literals[v] if v in gen.literals else f"{at1}({obuf[v]}, {k})"
             if op in self.proved:
-                acc = gen.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(x.type.ndim))
-                gen.line(ind2 + 1, f"{acc}({gen.ref(x)}, {idx}, {val})", op)
+                gen.line(ind2 + 1, gen.unchecked_store(x, idx, sym, val), op)
             else:
                 gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
         y = ib.terminator
@@ -312,8 +311,8 @@ class _Kernel:
                 val = (f"{gen.mod.helper('rt_at2')}({obuf[v]}, {r} + {jj} - {s0} - {c0}, "
                        f"{r} - {s0})")
             if op in self.proved:
-                gen.line(ind + 3, f"{gen.mod.helper('rt_put1')}({gen.ref(t)}, "
-                                  f"{gen.tape_count(t)} + {slot}, {val})", op)
+                gen.line(ind + 3, gen.unchecked_store(t, f"{gen.tape_count(t)} + {slot}", "=",
+                                                      val), op)
             else:
                 gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
         for t, p in per_cell.items():
