@@ -5,6 +5,7 @@ finds everything in the on-disk cache.
 Each measurement runs in a fresh subprocess with ``DPLANG_CACHE`` pointing at a
 temporary directory; it times ``dp.load`` plus the first call of every function (the
 first call is what compiles), and separately the whole process (imports included).
+The children run with Python's default bytecode caching (see ``child``).
 Target (issue 4): warm start under 0.3 s for the five-function module.
 
 Run:  python benchmarks/compile_time.py
@@ -81,6 +82,10 @@ print(json.dumps({"import": t1 - t0, "load_and_first_calls": t2 - t1}))
 
 def child(path, cache):
     env = dict(os.environ, DPLANG_CACHE=cache)
+    # Python's default: modules' bytecode is cached in __pycache__, as in an installed
+    # dplang (with PYTHONDONTWRITEBYTECODE set, as on some CI machines, every process
+    # compiles dplang's and networkx's sources again: about 0.1 s more)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", CHILD, path], env=env, capture_output=True,
                        text=True, cwd=ROOT)

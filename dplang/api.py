@@ -187,11 +187,65 @@ def bind_args(func, args, kwargs):
 _NP = {"f64": np.float64, "f32": np.float32, "i64": np.int64, "bool": np.bool_}
 
 
+def _arg_plan(func) -> list:
+    """Per parameter: (NumPy dtype, rank, [(axis, size or dimension name)]) for arrays,
+    the NumPy scalar type for scalars -- what the fast path of ``convert_args`` checks."""
+    plan = func.__dict__.get("_arg_plan")
+    if plan is None:
+        plan = []
+        for v in func.params:
+            t = v.type
+            if not isinstance(t, T.Array):
+                plan.append(_NP[t.dtype])
+                continue
+            dims = []
+            for ax, d in enumerate(t.shape):
+                if isinstance(d, int):
+                    dims.append((ax, d))
+                elif isinstance(d, T.Sym) and len(d.terms) == 1 and d.const == 0 \
+                        and d.terms[0][1] == 1:
+                    dims.append((ax, d.terms[0][0]))
+            plan.append((np.dtype(_NP[t.dtype]), t.ndim, dims))
+        func.__dict__["_arg_plan"] = plan
+    return plan
+
+
 def convert_args(func, args) -> list:
     """NumPy/Python values -> the parameter types, checking dtypes and shapes; a mismatch
     is a DPShapeError naming the parameter (and both sizes, for a dimension)."""
+    # fast path: every array argument is an ndarray of the parameter's dtype and rank,
+    # C-contiguous, and the named dimensions agree (what a call in a loop passes)
     out = []
     bound: dict = {}
+    for a, p in zip(args, _arg_plan(func)):
+        if type(p) is not tuple:
+            if type(a) is p:
+                out.append(a)
+                continue
+            if (p is np.float64 and type(a) is float) or (p is np.int64 and type(a) is int
+                                                           and -2**63 <= a < 2**63):
+                out.append(p(a))
+                continue
+            break
+        if type(a) is not np.ndarray or a.dtype != p[0] or a.ndim != p[1] \
+                or not a.flags.c_contiguous:
+            break
+        shape = a.shape
+        for ax, d in p[2]:
+            if type(d) is int:
+                if shape[ax] != d:
+                    break
+            elif bound.setdefault(d, shape[ax]) != shape[ax]:
+                break
+        else:
+            out.append(a)
+            continue
+        break
+    else:
+        if len(out) == len(func.params):
+            return out
+    out = []
+    bound = {}
     for k, (a, v) in enumerate(zip(args, func.params)):
         name = func.param_names[k]
         t = v.type

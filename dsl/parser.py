@@ -123,7 +123,7 @@ def _lark() -> Lark:
         # cache=True: Lark keeps the analysed LALR tables in the temp directory (keyed by
         # the grammar and options), so a new process builds the parser in milliseconds; a
         # cache file it cannot read is rebuilt
-        _PARSER = Lark(grammar, parser="lalr", lexer="contextual", postlex=_DPIndenter(),
+        _PARSER = Lark(grammar, parser="lalr", lexer="basic", postlex=_DPIndenter(),
                        start="file_input", propagate_positions=True, maybe_placeholders=False,
                        cache=True)
     return _PARSER

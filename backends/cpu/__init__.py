@@ -264,9 +264,9 @@ def run_func(program: Program, name_or_func, args: list) -> list:
     # fast path: the dispatcher found for this function and these argument layouts
     # before (programs are not modified once a pass returned them)
     fast = program.__dict__.setdefault("_cpu_fast", {})
+    # (flags: C- and F-contiguous, aligned, writeable: NumPy's flag bits 0x503)
     layout = (key, _func_signature(func), boundscheck(), tuple(
-        (v.dtype.char, v.ndim, v.flags.c_contiguous, v.flags.f_contiguous,
-         v.flags.writeable, v.flags.aligned) if isinstance(v, np.ndarray)
+        (v.dtype.char, v.ndim, v.flags.num & 0x503) if isinstance(v, np.ndarray)
         else type(v) for v in vals))
     disp = fast.get(layout)
     if disp is None:

@@ -44,7 +44,7 @@ from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
 from dplang.ir.primitives import REGISTRY
 from dplang.ir.primitives.reductions import norm_axes
-from dplang.backends.cpu import ranges, wavefront
+from dplang.backends.cpu import fusion, ranges, wavefront
 
 CODEGEN_VERSION = "1"
 
@@ -399,6 +399,9 @@ class FuncGen:
         self.rows = {} if not mod.boundscheck else {
             n.outer: n for n in wavefront.wavefront_nests(func)
             if n.outer not in self.waves and n.pops}
+        # runs of elementwise array ops emitted as one loop nest each (fusion.py)
+        self.fused = fusion.plan(self) if fusion.enabled() else {}
+        self.fused_ops = {op for g in self.fused.values() for op in g.ops}
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -540,7 +543,11 @@ class FuncGen:
             if is_inlined_const(op) or op in self.early:
                 continue
             try:
-                self.op(op, indent)
+                g = self.fused.get(op)
+                if g is not None:
+                    fusion.emit(self, g, indent)
+                elif op not in self.fused_ops:
+                    self.op(op, indent)
             except CodegenError:
                 raise
             except Exception as e:      # a bug here: name the op
@@ -1134,6 +1141,15 @@ class FuncGen:
         if na <= 2 and nb <= 2:
             blas = wdt in ("f64", "f32") and (na, nb) in ((2, 2), (2, 1), (1, 2)) \
                 and _blas_available() and not self.mod.standalone
+            if blas:
+                # a transposed matrix operand goes to BLAS as it is stored (BLAS reads
+                # it transposed): no strided copy
+                ta, tb = self._transposed(a, wdt), self._transposed(b, wdt)
+                if ta is not None or tb is not None:
+                    flags = ("t" if ta is not None else "n") * (na == 2) + \
+                            ("t" if tb is not None else "n") * (nb == 2)
+                    h = self.mod.helper(f"rt_fmm{na}{nb}_{flags}")
+                    return f"{h}({A if ta is None else ta}, {B if tb is None else tb})"
             h = self.mod.helper(f"rt_{'f' if blas else ''}mm{na}{nb}")
             return f"{h}({A}, {B})"
         # batched: promote 1-D operands, broadcast the batch axes, (B, n, k) @ (B, k, m)
@@ -1160,6 +1176,18 @@ class FuncGen:
         return f"{R3}.reshape({shape})"
 
     p_dot = p_matmul
+
+    def _transposed(self, v: Value, dtype: str):
+        """The text of ``x`` when ``v`` is ``transpose(x)`` of a 2-D ``x`` of ``dtype``."""
+        o = v.owner
+        if isinstance(o, Op) and o.name == "transpose" and v.type.ndim == 2 \
+                and v.type.dtype == dtype and o.operands[0].type.dtype == dtype and \
+                [int(a) % 2 for a in (o.attrs.get("axes") or (1, 0))] == [1, 0]:
+            x = o.operands[0]
+            if isinstance(x.owner, Op) and x.owner.name == "transpose":
+                return None         # transpose(transpose(y)): a C-contiguous view already
+            return self.ref(x)
+        return None
 
     def p_outer(self, op, ind):
         a, b = op.operands

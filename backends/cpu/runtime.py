@@ -198,14 +198,19 @@ def rt_sigmoid_s(x):
 
 
 @jit
+def rt_sigmoid_v(v):
+    """The sigmoid of one element of an array (rt_sigmoid_a, fused loops)."""
+    ex = rt_exp(-abs(v))
+    return (1.0 if v >= 0 else ex) / (1.0 + ex)
+
+
+@jit
 def rt_sigmoid_a(x):
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
     for k in range(xf.size):
-        v = xf[k]
-        ex = rt_exp(-abs(v))
-        of[k] = (1.0 if v >= 0 else ex) / (1.0 + ex)
+        of[k] = rt_sigmoid_v(xf[k])
     return out
 
 
@@ -215,13 +220,18 @@ def rt_softplus_s(x):
 
 
 @jit
+def rt_softplus_v(v):
+    """The softplus of one element of an array (rt_softplus_a, fused loops)."""
+    return (v if v > 0.0 else (v if v != v else 0.0)) + math.log1p(rt_exp(-abs(v)))
+
+
+@jit
 def rt_softplus_a(x):
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
     for k in range(xf.size):
-        v = xf[k]
-        of[k] = (v if v > 0.0 else (v if v != v else 0.0)) + math.log1p(rt_exp(-abs(v)))
+        of[k] = rt_softplus_v(xf[k])
     return out
 
 
@@ -420,9 +430,14 @@ def rt_norm1(a):
 # ---------------------------------------------------------------- row / column reductions
 @jit
 def rt_rows_sum(z):
-    out = np.empty(z.shape[0], z.dtype)
-    for r in range(z.shape[0]):
-        out[r] = rt_psum(z[r])
+    # on the flat array: a row view per row costs more than a short row's sum
+    n, m = z.shape
+    out = np.zeros(n, z.dtype)
+    if m == 0:
+        return out
+    zf = z.ravel()
+    for r in range(n):
+        out[r] = rt_pwblock(zf, r * m, m) if m <= 128 else rt_pw(zf, r * m, m)
     return out
 
 
@@ -612,24 +627,53 @@ def rt_grow(buf):
 # float products go to BLAS (np.dot on contiguous operands); agreement with NumPy's @ is
 # to rounding, as between any two BLAS calls
 @jit
-def rt_fmm22(a, b):
-    if b.shape[0] != a.shape[1]:
+def rt_blas(A, B):
+    """A @ B by np.dot (BLAS), for C- or F-contiguous operands (a ``.T`` of a C-contiguous
+    matrix is read in place)."""
+    if B.shape[0] != A.shape[-1]:
         raise ValueError("matmul: inner dimensions differ")
-    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return np.dot(A, B)
+
+
+@jit
+def rt_fmm22(a, b):
+    return rt_blas(np.ascontiguousarray(a), np.ascontiguousarray(b))
 
 
 @jit
 def rt_fmm21(a, v):
-    if v.shape[0] != a.shape[1]:
-        raise ValueError("matmul: inner dimensions differ")
-    return np.dot(np.ascontiguousarray(a), np.ascontiguousarray(v))
+    return rt_blas(np.ascontiguousarray(a), np.ascontiguousarray(v))
 
 
 @jit
 def rt_fmm12(v, b):
-    if v.shape[0] != b.shape[0]:
-        raise ValueError("matmul: inner dimensions differ")
-    return np.dot(np.ascontiguousarray(v), np.ascontiguousarray(b))
+    return rt_blas(np.ascontiguousarray(v), np.ascontiguousarray(b))
+
+
+# ``_t``/``_n``: the matrix operand comes transposed or not: ``a.T`` for ``_t..``
+@jit
+def rt_fmm22_tn(a, b):
+    return rt_blas(np.ascontiguousarray(a).T, np.ascontiguousarray(b))
+
+
+@jit
+def rt_fmm22_nt(a, b):
+    return rt_blas(np.ascontiguousarray(a), np.ascontiguousarray(b).T)
+
+
+@jit
+def rt_fmm22_tt(a, b):
+    return rt_blas(np.ascontiguousarray(a).T, np.ascontiguousarray(b).T)
+
+
+@jit
+def rt_fmm21_t(a, v):
+    return rt_blas(np.ascontiguousarray(a).T, np.ascontiguousarray(v))
+
+
+@jit
+def rt_fmm12_t(v, b):
+    return rt_blas(np.ascontiguousarray(v), np.ascontiguousarray(b).T)
 
 
 @jit
@@ -1005,6 +1049,7 @@ def rt_rows_softmax(z, gamma, l2):
         return out
     if n and k == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    of = out.reshape(-1)
     for r in range(n):
         # max-shifted exponentials, normalised, computed in place in the output row
         m, bad = rt_row_max(z, r)
@@ -1013,7 +1058,8 @@ def rt_rows_softmax(z, gamma, l2):
             continue
         for i in range(k):
             out[r, i] = rt_exp((z[r, i] - m) / gamma)
-        s = rt_psum(out[r])
+        # (the row's sum on the flat array: a row view costs more than a short row)
+        s = rt_pwblock(of, r * k, k) if k <= 128 else rt_pw(of, r * k, k)
         for i in range(k):
             out[r, i] = out[r, i] / s
     return out

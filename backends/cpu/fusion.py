@@ -1,0 +1,304 @@
+"""Elementwise fusion: a run of elementwise array ops becomes one loop nest.
+
+Without it each array op of ``tanh(X @ W.T + b)`` is one NumPy-style statement that
+Numba compiles to its own loop over a fresh array: the sum is written to memory and read
+back by ``tanh``.  Here consecutive elementwise ops of one region whose results have the
+same shape form a *group*; the group is emitted as one loop nest over that shape whose
+body computes every op of the group on scalars, in the ops' order:
+
+    t9 = X @ W.T ...                     for i0 in range(n0):
+    t10 = t9 + b            ->               for i1 in range(n1):
+    Z = tanh(t10)                                t10 = t9[i0, i1] + b[i1]
+                                                 Z[i0, i1] = rt_tanh(t10)
+
+A value of the group that nothing outside the group uses (``t10``) never exists as an
+array; the others (``Z``) are fresh C-contiguous arrays, as before.  The scalar forms are
+the ones the array forms use element by element (``rt_tanh`` for tanh, libm for log),
+so results are bit-identical to the unfused code.
+
+Which ops: ``add sub mul div neg abs maximum minimum``, ``x ** 2``, ``exp expm1 tanh log
+log1p sqrt sin cos tan sigmoid softplus`` and ``broadcast_to``, with float64 results of
+rank 1 to 3 (the runtime's unchecked accessors) whose dimensions are all known; array
+operands are float64 and broadcast *statically*: each of their dimensions is, by the
+types, equal to the result's or 1.  Scalar operands are float64 or int64.  A group needs
+two ops or more and one operand of the result's full shape (its run-time shape gives the
+loop bounds).  Before the loop one test compares every other operand's run-time shape
+with the loop bounds (a dimension of 1 must be 1); if it fails the function raises
+``ValueError`` and the backend replays the call on the interpreter, which reports the
+located error -- so the elements inside the loop are read without per-access checks.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from dataclasses import dataclass, field
+
+from dplang.ir import types as T
+from dplang.ir.core import EFFECTS, Op, Region, Value
+from dplang.ir.printer import is_inlined_const
+from dplang.ir.primitives.reductions import norm_axes
+
+MAX_NDIM = 3
+
+
+def enabled() -> bool:
+    """``DPLANG_FUSION=0`` turns fusion off (to compare, or to rule it out)."""
+    return os.environ.get("DPLANG_FUSION", "1") not in ("0", "", "no", "off")
+
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_LIBM = ("log", "log1p", "sqrt", "sin", "cos", "tan")
+_RT = {"exp": "rt_exp", "expm1": "rt_expm1", "tanh": "rt_tanh",
+       "sigmoid": "rt_sigmoid_v", "softplus": "rt_softplus_v"}
+_MINMAX = {"maximum": "rt_max2", "minimum": "rt_min2"}
+UNARY = set(_LIBM) | set(_RT) | {"neg", "abs"}
+OPS = UNARY | set(_INFIX) | set(_MINMAX) | {"pow", "broadcast_to"}
+
+
+@dataclass
+class Group:
+    ops: list                                   # in program order
+    shape: tuple                                # the result shape (types)
+    rep: Value                                  # an operand of the full shape
+    outputs: set = field(default_factory=set)   # results used outside the group
+
+
+def _is_two(v: Value) -> bool:
+    o = v.owner
+    return isinstance(o, Op) and o.name == "const" and o.attrs.get("value") == 2 \
+        and isinstance(v.type, T.Scalar)
+
+
+def _read_dims(op: Op, k: int, rank: int):
+    """For operand ``k`` of ``op`` (an array), the result axis each of its axes runs
+    along (right-aligned broadcasting, or ``broadcast_to``'s ``axis``)."""
+    x = op.operands[k]
+    if op.name == "broadcast_to" and op.attrs.get("axis") is not None:
+        axes = norm_axes(op.attrs["axis"], rank, "broadcast_to")
+        return [a for a in range(rank) if a not in axes]
+    return list(range(rank - x.type.ndim, rank))
+
+
+def _reads(op: Op):
+    """The operands whose elements ``op`` reads."""
+    return op.operands[:1] if op.name == "broadcast_to" else op.operands
+
+
+def fusable(op: Op, early=()) -> bool:
+    if op.name not in OPS or len(op.results) != 1 or op in early or op.regions:
+        return False
+    r = op.results[0].type
+    if not isinstance(r, T.Array) or r.dtype != "f64" or not 1 <= r.ndim <= MAX_NDIM:
+        return False
+    if any(d is None for d in r.shape):
+        return False
+    if op.name == "pow" and not _is_two(op.operands[1]):
+        return False
+    if op.name == "broadcast_to":
+        x, like = op.operands
+        if not isinstance(like.type, T.Array) or tuple(like.type.shape) != tuple(r.shape):
+            return False
+        if not isinstance(x.type, T.Array):
+            return False
+    for k, x in enumerate(_reads(op)):
+        t = x.type
+        if isinstance(t, T.Scalar):
+            if t.dtype not in ("f64", "i64"):
+                return False
+            continue
+        if not isinstance(t, T.Array) or t.dtype != "f64" or t.ndim > r.ndim:
+            return False
+        dims = _read_dims(op, k, r.ndim)
+        if len(dims) != t.ndim:
+            return False
+        for d, a in zip(t.shape, dims):
+            if not (d == 1 or T.dims_equal(d, r.shape[a])):
+                return False
+    return True
+
+
+def _scalar_only(op: Op) -> bool:
+    return (not op.regions and op.name not in EFFECTS and op.name != "call"
+            and all(isinstance(v.type, T.Scalar) for v in op.operands)
+            and all(isinstance(v.type, T.Scalar) for v in op.results))
+
+
+def plan(gen) -> dict:
+    """{last op: Group} for every region of ``gen.func``: the group's loop is emitted
+    where its last op stood.  Scalar ops between its ops (a cast of a loop index, say)
+    do not end a run: they read no array, so they are emitted before the loop, in
+    their place."""
+    users: dict = {}
+    for o in gen.func.walk():
+        for v in o.operands:
+            users.setdefault(v, []).append(o)
+        for reg in o.regions:
+            t = reg.terminator
+            if t is not None:
+                for v in t.operands:
+                    users.setdefault(v, []).append(t)
+    groups: dict = {}
+
+    def close(run):
+        if len(run) < 2:
+            return
+        members = set(run)
+        made = {op.results[0] for op in run}
+        rep = None
+        for op in run:
+            for x in _reads(op):
+                if x not in made and isinstance(x.type, T.Array) \
+                        and tuple(x.type.shape) == tuple(run[0].results[0].type.shape) \
+                        and all(d != 1 for d in x.type.shape) \
+                        and op.name != "broadcast_to":
+                    rep = rep or x
+        if rep is None:
+            return
+        g = Group(list(run), tuple(run[0].results[0].type.shape), rep)
+        for op in run:
+            r = op.results[0]
+            if any(u not in members for u in users.get(r, ())):
+                g.outputs.add(r)
+        groups[run[-1]] = g
+
+    def ok(op: Op) -> bool:         # (and an op the code generator knows unfused)
+        return fusable(op, gen.early) and hasattr(gen, "p_" + op.name)
+
+    def walk(region: Region):
+        run: list = []
+        for op in region.ops:
+            for reg in op.regions:
+                walk(reg)
+            if is_inlined_const(op):
+                continue
+            if ok(op) and (not run or tuple(op.results[0].type.shape)
+                                           == tuple(run[0].results[0].type.shape)):
+                run.append(op)
+                continue
+            if run and _scalar_only(op):
+                continue                # stays where it is; the run goes on
+            close(run)
+            run = [op] if ok(op) else []
+        close(run)
+    walk(gen.func.body)
+    return groups
+
+
+def emit(gen, g: Group, ind: int):
+    """The loop nest of group ``g``."""
+    first = g.ops[0]
+    rank = len(g.shape)
+    made = {op.results[0] for op in g.ops}
+    rep = gen.ref(g.rep)
+    # the same index and extent names in every fused loop of the function (the loops
+    # follow one another; they never nest)
+    names = gen.__dict__.setdefault("_fusion_names", {})
+    for a in range(rank):
+        if ("n", a) not in names:
+            names["n", a], names["i", a] = gen.fresh(f"n{a}"), gen.fresh(f"i{a}")
+    ns = [names["n", a] for a in range(rank)]
+    iv = [names["i", a] for a in range(rank)]
+    for a, n in enumerate(ns):
+        gen.line(ind, f"{n} = {rep}.shape[{a}]", first)
+    # one test of every other operand's shape against the loop bounds
+    tests, seen = [], {g.rep}
+    for op in g.ops:
+        checked = [(x, _read_dims(op, k, rank)) for k, x in enumerate(_reads(op))
+                   if isinstance(x.type, T.Array)]
+        if op.name == "broadcast_to":         # the shape it broadcasts to
+            checked.append((op.operands[1], list(range(rank))))
+        for x, dims in checked:
+            if x in seen or x in made:
+                continue
+            seen.add(x)
+            for ax, (d, a) in enumerate(zip(x.type.shape, dims)):
+                want = "1" if d == 1 and g.shape[a] != 1 else ns[a]
+                tests.append(f"{gen.ref(x)}.shape[{ax}] != {want}")
+    if tests:
+        gen.line(ind, f"if {' or '.join(tests)}:", first)
+        gen.line(ind + 1, "raise ValueError('elementwise operands could not be broadcast "
+                          "together')", first)
+    shape = "(" + ", ".join(ns) + ("," if rank == 1 else "") + ")"
+    for op in g.ops:
+        r = op.results[0]
+        if r in g.outputs:
+            gen.line(ind, f"{gen.ref(r)} = np.empty({shape}, np.float64)", op)
+    for a in range(rank):
+        gen.line(ind + a, f"for {iv[a]} in range({ns[a]}):", first)
+    body = ind + rank
+    local: dict = {}
+
+    def elem(op: Op, k: int) -> str:
+        x = op.operands[k]
+        if x in local:
+            return local[x]
+        if not isinstance(x.type, T.Array):
+            return gen.ref(x)
+        dims = _read_dims(op, k, rank)
+        idx = ", ".join("0" if d == 1 and g.shape[a] != 1 else iv[a]
+                        for d, a in zip(x.type.shape, dims))
+        return load(gen, x, idx)
+
+    for op in g.ops:
+        r = op.results[0]
+        e = scalar_expr(gen, op, [elem(op, k) for k in range(len(_reads(op)))])
+        idx = ", ".join(iv)
+        if r in g.outputs:
+            used_inside = any(r in o.operands for o in g.ops)
+            if used_inside:
+                s = local[r] = gen.fresh(gen.ref(r) + "_e")
+                gen.line(body, f"{s} = {e}", op)
+                e = s
+            gen.line(body, store(gen, r, idx, e), op)
+        else:
+            s = local[r] = gen.ref(r)
+            gen.line(body, f"{s} = {e}", op)
+
+
+def load(gen, x: Value, idx: str) -> str:
+    if gen.mod.boundscheck:
+        return gen.unchecked_load(x, idx)
+    return f"{gen.ref(x)}[{idx}]"
+
+
+def store(gen, x: Value, idx: str, val: str) -> str:
+    if gen.mod.boundscheck:
+        return gen.unchecked_store(x, idx, "=", val)
+    return f"{gen.ref(x)}[{idx}] = {val}"
+
+
+def _p(s: str) -> str:
+    """Parenthesise an operand text unless it is a name, a non-negative number or one
+    call."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|[0-9.]+(e[-+]?[0-9]+)?", s):
+        return s
+    m = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*(\(.*\))", s)
+    if m:
+        depth = 0
+        for k, c in enumerate(m.group(1)):
+            depth += (c == "(") - (c == ")")
+            if depth == 0 and k < len(m.group(1)) - 1:
+                break
+        else:
+            return s
+    return f"({s})"
+
+
+def scalar_expr(gen, op: Op, xs: list) -> str:
+    """The scalar form of elementwise ``op`` on the element texts ``xs``."""
+    n = op.name
+    if n in _INFIX:
+        return f"{_p(xs[0])} {_INFIX[n]} {_p(xs[1])}"
+    if n == "pow":
+        return f"{_p(xs[0])} * {_p(xs[0])}"
+    if n == "neg":
+        return f"-{_p(xs[0])}"
+    if n == "abs":
+        return f"abs({xs[0]})"
+    if n == "broadcast_to":
+        return xs[0]
+    if n in _MINMAX:
+        return f"{gen.mod.helper(_MINMAX[n])}({xs[0]}, {xs[1]})"
+    if n in _RT:
+        return f"{gen.mod.helper(_RT[n])}({xs[0]})"
+    return f"math.{n}({xs[0]})"

@@ -1,0 +1,181 @@
+"""Elementwise fusion (backends/cpu/fusion.py), BLAS calls on transposed operands and
+the flat row sums: where the generated code uses them, and that values and gradients
+agree with the interpreter (NumPy) -- bit for bit where the scalar forms are the array
+forms element by element."""
+import os
+
+import numpy as np
+import pytest
+
+import dplang as dp
+
+rng = np.random.default_rng(5)
+
+SRC = '''
+def mlp(W: f64[h, d], b: f64[h], X: f64[N, d], Y: f64[N, h]) -> f64:
+    Z = tanh(X @ W.T + b)
+    R = Z - Y
+    return sum(R ** 2)
+
+# every fusable op, a scalar of each dtype, a column broadcast (k: f64[n, 1])
+def every(x: f64[n, m], y: f64[m], k: f64[n, 1], a: f64, i: i64) -> f64[n, m]:
+    u = exp(x) * a - y / i
+    v = maximum(u, k) + minimum(-u, y) + abs(x - 0.5)
+    w = sigmoid(v) + softplus(-v) + log(1.0 + x * x) + sqrt(abs(y) + 1.0)
+    z = expm1(0.1 * w) + sin(w) * cos(u) + tan(0.1 * x) + log1p(x * 0.5) ** 2
+    return z * (v + w)
+
+# outputs used inside and outside the group, in a loop body, rank 1 and rank 3
+def loop(x: f64[n], t: f64[p, q, r]) -> f64:
+    s = 0.0
+    for it in range(3):
+        e = exp(-x * it)
+        f = e * e + 1.0
+        s = s + sum(f) + sum(e)
+    g = tanh(t) * 2.0 - t
+    return s + sum(g * g)
+
+# a value of the group written in place after it: the group runs where it stood
+def written(x: f64[n]) -> f64[n]:
+    y = exp(x) * 2.0
+    z = y + 1.0
+    y[0] = 5.0
+    return z * y
+
+# integer and boolean arrays, rank 4: not fused, still right
+def unfused(x: f64[a, b, c, d], i: i64[n]) -> f64:
+    j = i * 2 + 1
+    u = exp(x) * 2.0 + 1.0
+    return sum(u) + sum(j)
+
+def mats(A: f64[n, k], B: f64[m, k], C: f64[k, p], v: f64[n], w: f64[k]) -> f64:
+    P = A.T @ A + C @ C.T
+    Q = A @ B.T
+    r = A.T @ v
+    s = w @ B.T
+    T = C.T @ A.T
+    return sum(P) + sum(Q * Q) + sum(r * r) + sum(s) + sum(T * T)
+
+def rows(x: f64[n, m]) -> f64[n]:
+    return sum(x * 2.0, axis=1)
+'''
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return (dp.compile(SRC, filename="fusion.dp", backend="cpu"),
+            dp.compile(SRC, filename="fusion.dp", backend="interp"))
+
+
+def _args(name, shapes=None):
+    n, m, d, h, N = 5, 7, 3, 4, 9
+    return {
+        "mlp": [rng.standard_normal((h, d)), rng.standard_normal(h),
+                rng.standard_normal((N, d)), rng.standard_normal((N, h))],
+        "every": [rng.random((n, m)), rng.standard_normal(m), rng.standard_normal((n, 1)),
+                  1.5, 3],
+        "loop": [rng.standard_normal(6), rng.standard_normal((2, 3, 4))],
+        "written": [rng.standard_normal(5)],
+        "unfused": [rng.standard_normal((2, 3, 2, 2)), np.arange(4)],
+        "mats": [rng.standard_normal((6, 4)), rng.standard_normal((5, 4)),
+                 rng.standard_normal((4, 3)), rng.standard_normal(6),
+                 rng.standard_normal(4)],
+    }[name]
+
+
+def test_the_mlp_layer_is_one_loop(mods):
+    cpu, _ = mods
+    src = cpu.mlp.source()
+    # X @ W.T goes to BLAS with W as it is; bias, tanh, the residual and its square are
+    # one loop, in which Z and R are scalars (nothing else uses them)
+    assert "rt_fmm22_nt(X, W)" in src
+    assert "Z = rt_tanh(" in src and "rt_tanh_a" not in src
+    assert src.count("raise ValueError('elementwise operands") == 1
+    assert "np.empty(" in src and "Z = np.empty" not in src and "R = np.empty" not in src
+    assert "for i1 in range(n1):" in src
+    compile(src, "<generated>", "exec")
+
+
+@pytest.mark.parametrize("name", ["mlp", "every", "loop", "written", "unfused", "mats"])
+def test_values_and_gradients_agree_with_the_interpreter(mods, name):
+    cpu, interp = mods
+    xs = _args(name)
+    fc, fi = getattr(cpu, name), getattr(interp, name)
+    vc, vi = fc(*xs), fi(*xs)
+    np.testing.assert_allclose(vc, vi, rtol=1e-13, atol=1e-14)
+    if name in ("written",):
+        return
+    if name == "every":                     # a vector result: a VJP
+        ct = rng.standard_normal(vi.shape)
+        gc = dp.vjp(fc, wrt=(0, 1, 2))(*xs, ct)
+        gi = dp.vjp(fi, wrt=(0, 1, 2))(*xs, ct)
+    else:
+        wrt = tuple(k for k, a in enumerate(xs)
+                    if isinstance(a, np.ndarray) and a.dtype == float)
+        gc, gi = dp.grad(fc, wrt=wrt)(*xs), dp.grad(fi, wrt=wrt)(*xs)
+    for a, b in zip(_flat(gc), _flat(gi)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def _flat(x):
+    if isinstance(x, (tuple, list)):
+        return [y for e in x for y in _flat(e)]
+    return [np.asarray(x)]
+
+
+def test_what_is_fused_and_what_is_not(mods):
+    cpu, _ = mods
+    every = cpu.every.source()
+    # every op is in some loop (a cast, and ops of y's shape between those of x's,
+    # end a run); y is read along the rows and k along the columns of the loop
+    assert "np.maximum" not in every and "np.abs" not in every and "rt_exp_a" not in every
+    assert "rt_at1(y, i1)" in every and "rt_at2(k, i0, 0)" in every
+    assert "k.shape[1] != 1" in every
+    assert "rt_sigmoid_v(" in every and "rt_softplus_v(" in every
+    loop = cpu.loop.source()
+    # the loop body's run goes on past the cast of the index (a scalar op: it is
+    # emitted first); e is also summed after the loop, so it is stored, f too
+    assert "it_1 = np.float64(it)" in loop and "t2 = t1 * it_1" in loop
+    assert "e = np.empty((n0,), np.float64)" in loop and "rt_put1(e, i0, e_e)" in loop
+    assert "for i2 in range(n2):" in loop and "rt_tanh(rt_at3(t, i0, i1, i2))" in loop
+    assert "elementwise operands" not in loop   # every operand is the loop's shape
+    unfused = cpu.unfused.source()
+    assert "elementwise operands" not in unfused and "rt_exp_a(" in unfused
+
+
+def test_the_shape_test_raises_before_any_element_is_read(mods):
+    """Parameters' named dimensions are checked on entry, so a mismatch cannot reach
+    the loop through the API; without those checks, the generated function still
+    refuses it before the loop."""
+    cpu, _ = mods
+    src = cpu.mlp.source().replace("cache=True", "cache=False")
+    src = "\n".join(ln[:len(ln) - len(ln.lstrip())] + "pass" if "raise AssertionError" in ln
+                    else ln for ln in src.splitlines())
+    ns: dict = {}
+    exec(compile(src, "<generated>", "exec"), ns)
+    W, b, X, Y = _args("mlp")
+    assert np.isfinite(ns["mlp"](W, b, X, Y))
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        ns["mlp"](W, b, X, Y[:, :2].copy())
+
+
+def test_fusion_can_be_turned_off(monkeypatch):
+    xs, ws = _args("every"), _args("mlp")
+    monkeypatch.setenv("DPLANG_FUSION", "0")        # (read when the code is generated)
+    off = dp.compile(SRC, filename="fusion.dp", backend="cpu")
+    src_off, every_off, mlp_off = off.every.source(), off.every(*xs), off.mlp(*ws)
+    monkeypatch.delenv("DPLANG_FUSION")
+    on = dp.compile(SRC, filename="fusion.dp", backend="cpu")
+    assert "elementwise operands" not in src_off and "np.maximum(" in src_off
+    assert "elementwise operands" in on.every.source()
+    # the scalar forms are the array forms element by element: the same bits
+    assert np.array_equal(every_off, on.every(*xs))
+    assert mlp_off == on.mlp(*ws)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (4, 1), (6, 7), (5, 128), (3, 129), (2, 1000)])
+def test_row_sums_are_numpy_sums(mods, shape):
+    cpu, _ = mods
+    x = rng.standard_normal(shape) * 10.0 ** rng.integers(-5, 5, shape)
+    # NumPy's pairwise order, bit for bit
+    assert np.array_equal(cpu.rows(x), np.sum(x * 2.0, axis=1))
