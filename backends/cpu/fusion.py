@@ -46,6 +46,7 @@ def enabled() -> bool:
     """``DPLANG_FUSION=0`` turns fusion off (to compare, or to rule it out)."""
     return os.environ.get("DPLANG_FUSION", "1") not in ("0", "", "no", "off")
 
+
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _LIBM = ("log", "log1p", "sqrt", "sin", "cos", "tan")
 _RT = {"exp": "rt_exp", "expm1": "rt_expm1", "tanh": "rt_tanh",
