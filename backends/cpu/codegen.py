@@ -1179,15 +1179,12 @@ class FuncGen:
 
     def _transposed(self, v: Value, dtype: str):
         """The text of ``x`` when ``v`` is ``transpose(x)`` of a 2-D ``x`` of ``dtype``."""
-        o = v.owner
-        if isinstance(o, Op) and o.name == "transpose" and v.type.ndim == 2 \
-                and v.type.dtype == dtype and o.operands[0].type.dtype == dtype and \
-                [int(a) % 2 for a in (o.attrs.get("axes") or (1, 0))] == [1, 0]:
-            x = o.operands[0]
-            if isinstance(x.owner, Op) and x.owner.name == "transpose":
-                return None         # transpose(transpose(y)): a C-contiguous view already
-            return self.ref(x)
-        return None
+        x = _transpose_source(v)
+        if x is None or v.type.dtype != dtype or x.type.dtype != dtype:
+            return None
+        if _transpose_source(x) is not None:
+            return None         # transpose(transpose(y)): a C-contiguous view already
+        return self.ref(x)
 
     def p_outer(self, op, ind):
         a, b = op.operands
@@ -1215,11 +1212,8 @@ class FuncGen:
     def _solve_matrix(op: Op):
         """(X, transposed) for ``solve(X, b)`` or ``solve(X.T, b)``."""
         A = op.operands[0]
-        o = A.owner
-        if isinstance(o, Op) and o.name == "transpose" and A.type.ndim == 2 and \
-                [int(a) % 2 for a in (o.attrs.get("axes") or (1, 0))] == [1, 0]:
-            return o.operands[0], True
-        return A, False
+        X = _transpose_source(A)
+        return (A, False) if X is None else (X, True)
 
     def _plan_lu(self) -> dict:
         """Solves in one region with the same float64 matrix X or its transpose (the
@@ -1567,6 +1561,15 @@ def _paren(s: str) -> str:
             return f"({s})"
         return s
     return f"({s})"
+
+
+def _transpose_source(v: Value):
+    """``x`` when ``v`` is the 2-D transpose ``transpose(x)``, else None."""
+    o = v.owner
+    if isinstance(o, Op) and o.name == "transpose" and v.type.ndim == 2 and \
+            [int(a) % 2 for a in (o.attrs.get("axes") or (1, 0))] == [1, 0]:
+        return o.operands[0]
+    return None
 
 
 def _balanced_outer(s: str) -> bool:

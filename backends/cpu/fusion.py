@@ -85,8 +85,8 @@ def _reads(op: Op):
     return op.operands[:1] if op.name == "broadcast_to" else op.operands
 
 
-def fusable(op: Op, early=()) -> bool:
-    if op.name not in OPS or len(op.results) != 1 or op in early or op.regions:
+def fusable(op: Op) -> bool:
+    if op.name not in OPS or len(op.results) != 1 or op.regions:
         return False
     r = op.results[0].type
     if not isinstance(r, T.Array) or r.dtype != "f64" or not 1 <= r.ndim <= MAX_NDIM:
@@ -130,14 +130,9 @@ def plan(gen) -> dict:
     do not end a run: they read no array, so they are emitted before the loop, in
     their place."""
     users: dict = {}
-    for o in gen.func.walk():
+    for o in gen.func.walk():                   # (terminators included)
         for v in o.operands:
             users.setdefault(v, []).append(o)
-        for reg in o.regions:
-            t = reg.terminator
-            if t is not None:
-                for v in t.operands:
-                    users.setdefault(v, []).append(t)
     groups: dict = {}
 
     def close(run):
@@ -163,7 +158,7 @@ def plan(gen) -> dict:
         groups[run[-1]] = g
 
     def ok(op: Op) -> bool:         # (and an op the code generator knows unfused)
-        return fusable(op, gen.early) and hasattr(gen, "p_" + op.name)
+        return fusable(op) and hasattr(gen, "p_" + op.name)
 
     def walk(region: Region):
         run: list = []
@@ -271,18 +266,9 @@ def store(gen, x: Value, idx: str, val: str) -> str:
 def _p(s: str) -> str:
     """Parenthesise an operand text unless it is a name, a non-negative number or one
     call."""
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|[0-9.]+(e[-+]?[0-9]+)?", s):
-        return s
+    from dplang.backends.cpu.codegen import _balanced_outer, _paren
     m = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*(\(.*\))", s)
-    if m:
-        depth = 0
-        for k, c in enumerate(m.group(1)):
-            depth += (c == "(") - (c == ")")
-            if depth == 0 and k < len(m.group(1)) - 1:
-                break
-        else:
-            return s
-    return f"({s})"
+    return s if m and _balanced_outer(m.group(1)) else _paren(s)
 
 
 def scalar_expr(gen, op: Op, xs: list) -> str:

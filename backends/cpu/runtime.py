@@ -430,7 +430,9 @@ def rt_norm1(a):
 # ---------------------------------------------------------------- row / column reductions
 @jit
 def rt_rows_sum(z):
-    # on the flat array: a row view per row costs more than a short row's sum
+    # on the flat array: a row view per row costs more than a short row's sum; short
+    # rows call rt_pwblock directly (through rt_pw, which LLVM does not inline, 2048
+    # rows of 8 took 46 us instead of 11)
     n, m = z.shape
     out = np.zeros(n, z.dtype)
     if m == 0:
