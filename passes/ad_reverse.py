@@ -561,9 +561,12 @@ class Ctx:
             return
         for x, w in zip(op.operands, self.ad.fw.partials[op]):
             if x in self.ad.varied and w is not None:
+                # a partial is a value (times the cotangent) or (value, contribution(b, g, w))
+                w, combine = w if isinstance(w, tuple) else (w, None)
                 w = self.fwd_value(w)
                 with self.b.at(self.rev):
-                    self.add_adj(x, self.b.prim("mul", g, w))
+                    self.add_adj(x, combine(self.b, g, w) if combine is not None
+                                 else self.b.prim("mul", g, w))
 
     def undo_setitem(self, op: Op) -> None:
         b = self.b

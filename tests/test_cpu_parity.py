@@ -275,6 +275,7 @@ def test_primitive(name, k):
             for a, act in zip(args, c.active) if act]
     _run_both(c.jvp(), list(args) + tans)
     z = c.prim.impl(*args, **attrs)
+    z = z[-1] if c.prim.nresults > 1 else z        # the packed result has the last's shape
     w = np.asarray(rng.standard_normal(np.shape(z)), dtype=np.asarray(z).dtype)[()]
     _run_both(c.vjp(), list(args) + [w])
 

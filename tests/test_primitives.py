@@ -236,7 +236,7 @@ def _gamma_cases():
     return out
 
 
-for _n in ("smax", "smin", "sargmax", "sargmin"):
+for _n in ("smax", "smin", "sargmax", "sargmin", "smax_arg", "smin_arg"):
     CASES[_n] = _gamma_cases
 CASES["smaxn"] = CASES["sminn"] = lambda: [
     case(f(0.1), f(1.0), f(2.0), f(-inf), reg=r) for r in ("entropy", "l2")] + [
@@ -330,15 +330,19 @@ def test_infer_matches_impl(name):
         for k, (args, attrs) in enumerate(gen()):
             where = f"{name} case {k} {[typeof(a) for a in args]} {attrs}"
             types = [typeof(a) for a in args]
-            (t,) = infer(name, types, **attrs)
-            v = run(name, args, attrs)
-            assert_value_has_type(v, t, where)
+            ts = infer(name, types, **attrs)
+            assert len(ts) == REGISTRY[name].nresults, where
+            vs = run(name, args, attrs)
+            vs = (vs,) if len(ts) == 1 else vs
+            assert len(vs) == len(ts), where
+            for v, t in zip(vs, ts):
+                assert_value_has_type(v, t, where)
             # the same rule on symbolic dims: same rank and dtype, no spurious error
             if "_shape" not in attrs:
                 stypes = [typeof(a, sym=f"n{j}_") for j, a in enumerate(args)]
-                (st,) = infer(name, stypes, **attrs)
-                assert type(st) is type(t) and st.dtype == t.dtype and st.ndim == t.ndim, \
-                    f"{where}: symbolic {st} vs {t}"
+                for st, t in zip(infer(name, stypes, **attrs), ts):
+                    assert type(st) is type(t) and st.dtype == t.dtype and st.ndim == t.ndim, \
+                        f"{where}: symbolic {st} vs {t}"
 
 
 def test_underscore_attrs_not_passed():
@@ -707,3 +711,18 @@ def test_rejection_messages():
         infer("smin", [F1, T.F64], reg="kl")
     with pytest.raises(TypeRuleError, match="inner dimensions"):
         infer("matmul", [T.Array("f64", (3, 4)), T.Array("f64", (5, 2))])
+
+
+def test_smax_arg_is_smax_and_its_maximiser():
+    # the residual form of smax/smin (reverse mode's forward sweep): the same numbers as
+    # the two primitives, also at -inf entries and infinite maxima
+    rows = np.array([[0.3, -inf, 1.2, 0.7], [-inf, -inf, -inf, -inf], [inf, 1.0, inf, 0.0]])
+    for reg in ("entropy", "l2"):
+        for x, axis in ((A(3, 4), -1), (A(2, 3, 4), 0), (rows, 1), (rows, 0), (A(5), None)):
+            for name, arg in (("smax", "sargmax"), ("smin", "sargmin")):
+                with np.errstate(all="ignore"):
+                    v, q = call(name + "_arg", x, f(0.7), reg=reg, axis=axis)
+                    v0 = call(name, x, f(0.7), reg=reg, axis=axis)
+                    q0 = call(arg, x, f(0.7), reg=reg, axis=axis)
+                np.testing.assert_array_equal(v, v0)
+                np.testing.assert_array_equal(q, q0)

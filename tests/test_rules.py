@@ -220,8 +220,31 @@ def _gamma_cases():
     return out
 
 
-for _n in ("smax", "smin", "sargmax", "sargmin"):
+for _n in ("smax", "smin", "sargmax", "sargmin", "smax_arg", "smin_arg"):
     CASES[_n] = _gamma_cases
+
+
+# Primitives with several results are checked through one packed result: a fixed linear
+# map of them, (pack(b, results, attrs), its adjoint unpack(b, w, results, attrs)).
+def _arg_axes(q, attrs):
+    from dplang.ir.primitives.reductions import norm_axes
+    return tuple(norm_axes(attrs.get("axis"), q.type.ndim, "smax_arg"))
+
+
+def _pack_arg(b, zs, attrs):
+    """(v, q) -> v spread over the axes + q / 2"""
+    v, q = zs
+    half = b.const(0.5, T.Scalar(q.type.dtype))
+    return b.prim("add", b.prim("broadcast_to", v, q, axis=_arg_axes(q, attrs)),
+                  b.prim("mul", q, half))
+
+
+def _unpack_arg(b, w, zs, attrs):
+    half = b.const(0.5, T.Scalar(w.type.dtype))
+    return [b.prim("sum", w, axis=_arg_axes(zs[1], attrs)), b.prim("mul", w, half)]
+
+
+PACK = {"smax_arg": (_pack_arg, _unpack_arg), "smin_arg": (_pack_arg, _unpack_arg)}
 CASES["smaxn"] = CASES["sminn"] = lambda: [
     c for r in ("entropy", "l2") for c in (
         case(f(0.5), f(1.0), f(1.3), f(-inf), reg=r), case(f(1.0), i(1), f(0.5), reg=r),
@@ -269,10 +292,12 @@ class Case:
         self.active = [is_float(a) and k not in fixed for k, a in enumerate(args)]
         self.where = f"{name}{[str(t) for t in self.types]} {attrs}"
 
-    # the primitive alone
+    # the primitive alone (several results packed into one, see PACK)
     def apply(self, b, ps):
         z = b.prim(self.name, *ps, **self.attrs)
-        return z, z.owner
+        if self.prim.nresults == 1:
+            return z, z.owner
+        return PACK[self.name][0](b, list(z), z[0].owner.attrs), z[0].owner
 
     def primal(self):
         return _func(self.name, self.types, lambda b, ps: [self.apply(b, ps)[0]])
@@ -286,22 +311,32 @@ class Case:
             prim, tans = ps[:n], iter(ps[n:])
             z, op = self.apply(b, prim)
             ts = [next(tans) if a else None for a in self.active]
-            (dz,) = self.prim.jvp(b, list(prim), ts, [z], op.attrs)
-            assert dz is None or dz.type == z.type, \
-                f"{self.where}: tangent {dz.type} of result {z.type}"
-            self.jvp_none = dz is None
+            dzs = self.prim.jvp(b, list(prim), ts, list(op.results), op.attrs)
+            for d, r in zip(dzs, op.results):
+                assert d is None or d.type == r.type, \
+                    f"{self.where}: tangent {d.type} of result {r.type}"
+            self.jvp_none = all(d is None for d in dzs)
+            if len(dzs) == 1:
+                dz = dzs[0]
+            elif not self.jvp_none:
+                dz = PACK[self.name][0](b, [d if d is not None else _zeros_of(b, r)
+                                            for d, r in zip(dzs, op.results)], op.attrs)
+            else:
+                dz = None
             return [z, dz if dz is not None else _zeros_of(b, z)]
         return _func(self.name + "_jvp", self.types + ttypes, body)
 
     def vjp(self):
         """(args..., w) -> cotangents of the active args"""
         n = len(self.types)
-        ztype = self.prim.result_types(self.types, self.attrs)[0]
+        ztype = self.prim.result_types(self.types, self.attrs)[-1]
 
         def body(b, ps):
             prim, w = ps[:n], ps[n]
             z, op = self.apply(b, prim)
-            cts = self.prim.vjp(b, list(prim), [z], [w], op.attrs)
+            ws = [w] if self.prim.nresults == 1 else \
+                PACK[self.name][1](b, w, list(op.results), op.attrs)
+            cts = self.prim.vjp(b, list(prim), list(op.results), ws, op.attrs)
             assert len(cts) == n, f"{self.where}: {len(cts)} cotangents for {n} operands"
             out = []
             for c, p, a in zip(cts, prim, self.active):

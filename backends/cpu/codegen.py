@@ -381,6 +381,7 @@ class FuncGen:
         self.literals: dict[Value, str] = {}
         self.locals = Names(mod.globals.used)
         self.tape_counts: dict = {}
+        self.tape_caps: dict = {}
         self._name_values()
         self._scan_uses()
         self.lines: list[str] = []
@@ -642,10 +643,15 @@ class FuncGen:
 
     def tape_op(self, op: Op, ind: int):
         """Tapes of scalars are a growable NumPy buffer and a count (two locals); tapes of
-        arrays a typed list of C-contiguous copies."""
+        arrays of one shape with a capacity a buffer with one more axis, allocated at the
+        first push; other tapes of arrays a typed list of C-contiguous copies."""
         tape = op.results[0] if op.name == "tape_new" else op.operands[0]
         elem = tape.type.elem
         t = self.ref(tape)
+        sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
+        if isinstance(elem, T.Array) and sized and all(
+                isinstance(d, (int, T.Sym)) for d in elem.shape):
+            return self.array_tape_op(op, ind, tape, elem)
         if isinstance(elem, T.Array):
             if op.name == "tape_new":
                 item = numba_item_type(elem)
@@ -656,7 +662,6 @@ class FuncGen:
         n = self.tape_count(tape)
         # a tape with a capacity (reverse mode knows the trip counts) is allocated once
         # and never grows: no reassignment of the buffer inside the loops
-        sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
         if op.name == "tape_new":
             size = f"max({self.ref(op.operands[0])}, 1)" if sized else "256"
             self.line(ind, f"{t} = np.empty({size}, {NPDT[elem.dtype]})", op)
@@ -672,6 +677,26 @@ class FuncGen:
         if op in self.unchecked:
             return self.line(ind, f"{self.ref(op.results[0])} = "
                                   f"{self.unchecked_load(tape, n)}", op)
+        return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
+
+    def array_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
+        """A tape of arrays whose shape the types fix (dimensions are numbers or the
+        parameters' symbols, checked on entry): the entries in one buffer of the tape's
+        capacity (no allocation, no list per push; a pop is a view of its entry)."""
+        t, n = self.ref(tape), self.tape_count(tape)
+        dt = NPDT[elem.dtype]
+        if op.name == "tape_new":
+            self.tape_caps[tape] = cap = self.fresh(t + "_cap")
+            self.line(ind, f"{cap} = max({self.ref(op.operands[0])}, 1)", op)
+            self.line(ind, f"{t} = np.empty({_shape_tuple(['0'] * (elem.ndim + 1))}, {dt})", op)
+            return self.line(ind, f"{n} = 0", op)
+        if op.name == "tape_push":
+            x = self.ref(op.operands[1])
+            self.line(ind, f"if {t}.shape[0] == 0:", op)
+            self.line(ind + 1, f"{t} = np.empty(({self.tape_caps[tape]},) + {x}.shape, {dt})", op)
+            self.line(ind, f"{t}[{n}] = {x}", op)
+            return self.line(ind, f"{n} += 1", op)
+        self.line(ind, f"{n} -= 1", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
     def unchecked_load(self, x: Value, idx: str) -> str:
@@ -1433,13 +1458,16 @@ class FuncGen:
         r = op.results[0]
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), negate)
         q = self.tmp(ind, op, "q", helper_call(z))
+        self.natural = "f64"
+        return self.from_rows(q, x, perm)
+
+    def from_rows(self, q: str, x: Value, perm) -> str:
+        """The rows array ``q`` (from ``rows_of``) back in ``x``'s shape."""
         xs = self.ref(x)
-        tshape = _shape_tuple([f"{xs}.shape[{p}]" for p in perm])
-        e = f"{q}.reshape({tshape})"
+        e = f"{q}.reshape({_shape_tuple([f'{xs}.shape[{p}]' for p in perm])})"
         if perm != list(range(x.type.ndim)):
             inv = [int(k) for k in np.argsort(perm)]
             e = f"np.transpose({e}, {_shape_tuple([str(k) for k in inv])})"
-        self.natural = "f64"
         return e
 
     def _gamma(self, v):
@@ -1485,6 +1513,22 @@ class FuncGen:
 
     def p_smax(self, op, ind): return self._smax(op, ind, 1)
     def p_smin(self, op, ind): return self._smax(op, ind, -1)
+
+    def _smax_arg(self, op, ind, sign):
+        """(smax, sargmax) from one rt_rows_smax_arg call (reverse mode's residual form)."""
+        x, gamma = op.operands
+        h = self.mod.helper("rt_rows_smax_arg")
+        g = self._gamma(gamma)
+        l2 = op.attrs.get("reg", "entropy") == "l2"
+        z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
+        v, q = self.fresh("v"), self.fresh("q")
+        self.line(ind, f"{v}, {q} = {h}({z}, {g}, {l2})", op)
+        val = f"{v}[0]" if not kd else f"{v}.reshape({_shape_tuple(kd)})"
+        self.line(ind, f"{self.ref(op.results[0])} = {'-' if sign < 0 else ''}{val}", op)
+        self.line(ind, f"{self.ref(op.results[1])} = {self.from_rows(q, x, perm)}", op)
+
+    def p_smax_arg(self, op, ind): return self._smax_arg(op, ind, 1)
+    def p_smin_arg(self, op, ind): return self._smax_arg(op, ind, -1)
 
     def _smaxn(self, op, ind, sign):
         g = self._gamma(op.operands[0])

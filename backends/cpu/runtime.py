@@ -1029,14 +1029,83 @@ def rt_onehot1(z, pick_min):
 
 @jit
 def rt_row_max(z, r):
-    """(max of row r of z, whether the row has a NaN), branch-free; z has columns."""
-    m = z[r, 0]
-    bad = m != m
-    for i in range(1, z.shape[1]):
+    """(max of row r of the 2-D z, whether it has a NaN), branch-free: eight independent
+    maxima (the maximum does not depend on the order; a serial chain waits about 4
+    cycles an entry, and rows are often short)."""
+    k = z.shape[1]
+    if k < 8:
+        m = z[r, 0]
+        bad = m != m
+        for i in range(1, k):
+            v = z[r, i]
+            bad |= v != v
+            m = v if v > m else m
+        return m, bad
+    m0, m1, m2, m3 = z[r, 0], z[r, 1], z[r, 2], z[r, 3]
+    m4, m5, m6, m7 = z[r, 4], z[r, 5], z[r, 6], z[r, 7]
+    bad = (m0 != m0) | (m1 != m1) | (m2 != m2) | (m3 != m3) | \
+        (m4 != m4) | (m5 != m5) | (m6 != m6) | (m7 != m7)
+    for j in range(1, k // 8):
+        i = 8 * j
+        v0, v1, v2, v3 = z[r, i], z[r, i + 1], z[r, i + 2], z[r, i + 3]
+        v4, v5, v6, v7 = z[r, i + 4], z[r, i + 5], z[r, i + 6], z[r, i + 7]
+        bad |= (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3) | \
+            (v4 != v4) | (v5 != v5) | (v6 != v6) | (v7 != v7)
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+    for i in range(k - k % 8, k):
         v = z[r, i]
         bad |= v != v
-        m = v if v > m else m
-    return m, bad
+        m0 = v if v > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return (m4 if m4 > m0 else m0), bad
+
+
+@jit
+def rt_rows_entropy(z, gamma, value, w):
+    """Entropy smax of each row of the 2-D z into ``value`` and, when ``w`` has z's shape,
+    its maximiser (softmax of the row / gamma) into ``w``; else ``w`` (one row) is
+    scratch.  Rows with a NaN give NaN, rows whose maximum is infinite that maximum and
+    uniform weights over the entries equal to it.  A power-of-2 gamma multiplies by its
+    reciprocal (the same numbers, and no division per entry: the CRF's gamma = 1)."""
+    n, k = z.shape
+    if n and k == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    full = w.shape[0] == n
+    wf = w.reshape(-1)
+    rg = 1.0 / gamma
+    pow2 = math.frexp(gamma)[0] == 0.5
+    for r in range(n):
+        m, bad = rt_row_max(z, r)
+        if bad or not np.isfinite(m):
+            value[r] = np.nan if bad else m
+            if full:
+                w[r] = rt_ties(z[r], np.nan if bad else m)
+            continue
+        wr = r if full else 0
+        if pow2:
+            for i in range(k):
+                w[wr, i] = rt_exp((z[r, i] - m) * rg)
+        else:
+            for i in range(k):
+                w[wr, i] = rt_exp((z[r, i] - m) / gamma)
+        # (the row's sum on the flat array: a row view costs more than a short row)
+        s = rt_pwblock(wf, wr * k, k) if k <= 128 else rt_pw(wf, wr * k, k)
+        value[r] = m + gamma * math.log(s)
+        if full:
+            for i in range(k):
+                w[r, i] = w[r, i] / s
 
 
 @jit
@@ -1049,21 +1118,7 @@ def rt_rows_softmax(z, gamma, l2):
         for r in range(n):
             out[r] = rt_sparsemax1(z[r], gamma)
         return out
-    if n and k == 0:
-        raise ValueError("zero-size array to reduction operation maximum which has no identity")
-    of = out.reshape(-1)
-    for r in range(n):
-        # max-shifted exponentials, normalised, computed in place in the output row
-        m, bad = rt_row_max(z, r)
-        if bad or not np.isfinite(m):
-            out[r] = rt_ties(z[r], np.nan if bad else m)
-            continue
-        for i in range(k):
-            out[r, i] = rt_exp((z[r, i] - m) / gamma)
-        # (the row's sum on the flat array: a row view costs more than a short row)
-        s = rt_pwblock(of, r * k, k) if k <= 128 else rt_pw(of, r * k, k)
-        for i in range(k):
-            out[r, i] = out[r, i] / s
+    rt_rows_entropy(z, gamma, np.empty(n, np.float64), out)
     return out
 
 
@@ -1075,22 +1130,21 @@ def rt_rows_smax(z, gamma, l2):
         for r in range(z.shape[0]):
             out[r] = rt_smax1(z[r], gamma, l2)
         return out
-    n, k = z.shape
-    if n and k == 0:
-        raise ValueError("zero-size array to reduction operation maximum which has no identity")
-    e = np.empty(k, np.float64)
-    for r in range(n):
-        # rt_smax1's entropy case with a shared scratch row and the maximum computed
-        # in place (rows are often short: a call with array arguments costs more than
-        # the row's arithmetic)
-        m, bad = rt_row_max(z, r)
-        if bad or not np.isfinite(m):
-            out[r] = np.nan if bad else m
-            continue
-        for i in range(k):
-            e[i] = rt_exp((z[r, i] - m) / gamma)
-        out[r] = m + gamma * math.log(rt_psum(e))
+    rt_rows_entropy(z, gamma, out, np.empty((1, z.shape[1]), np.float64))
     return out
+
+
+@jit
+def rt_rows_smax_arg(z, gamma, l2):
+    """(rt_rows_smax, rt_rows_softmax) of z from one pass (entropy; l2 from the
+    sparsemax weights)."""
+    if l2:
+        return rt_rows_smax(z, gamma, l2), rt_rows_softmax(z, gamma, l2)
+    rt_check_gamma(gamma)
+    out = np.empty(z.shape[0], np.float64)
+    q = np.empty(z.shape, np.float64)
+    rt_rows_entropy(z, gamma, out, q)
+    return out, q
 
 
 @jit

@@ -58,9 +58,11 @@ class Primitive:
     linear: bool = False
     smoothed: Optional[str] = None
     # residuals(b, operands, attrs, need) -> (value, partials) | None: emit the value of a
-    # scalar-result op in elementary ops together with its partial derivatives w.r.t. the
-    # operands flagged in ``need`` (reverse mode tapes them instead of recomputing them in
-    # the reverse sweep); None where the primitive cannot (then its vjp rule is used)
+    # single-result op together with its partial derivatives w.r.t. the operands flagged
+    # in ``need`` (reverse mode tapes them instead of recomputing them in the reverse
+    # sweep): per operand None, a value w (contribution: cotangent * w) or a pair
+    # (w, contribution(b, g, w)) for array partials; None where the primitive cannot
+    # (then its vjp rule is used)
     residuals: Optional[Callable] = None
     templates: dict = field(default_factory=dict)
     doc: str = ""

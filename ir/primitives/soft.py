@@ -256,17 +256,24 @@ defprim("smin", operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
         doc="regularised min over the last axis: -smax(-x, gamma)")
 
 
+def _smax_tangent(q, dx, dgamma, reg, axes, sign):
+    """d smax = <q, dx> + dgamma * d smax/d gamma at the maximiser q (its gradient)."""
+    return (q * dx).sum(axes) + _smax_dgamma(q, reg, axes, sign) * dgamma
+
+
+def _smax_cotangent(x, q, g, reg, axes, sign):
+    """(x's, gamma's) cotangent of smax at the maximiser q; gamma's still to be summed."""
+    return q * spread(g, x, axes), g * _smax_dgamma(q, reg, axes, sign)
+
+
 def _smax_rules(name, arg, sign):
-    """d smax = <q, dx> + dgamma * d smax/d gamma, q = sargmax(x, gamma) (its gradient)."""
     def jvp(x, gamma, dx, dgamma, reg, axis):
         axes = axes_of(x, axis)
-        q = arg(x, gamma, reg=reg, axis=axis)
-        return (q * dx).sum(axes) + _smax_dgamma(q, reg, axes, sign) * dgamma
+        return _smax_tangent(arg(x, gamma, reg=reg, axis=axis), dx, dgamma, reg, axes, sign)
 
     def vjp(x, gamma, g, reg, axis):
         axes = axes_of(x, axis)
-        q = arg(x, gamma, reg=reg, axis=axis)
-        return q * spread(g, x, axes), g * _smax_dgamma(q, reg, axes, sign)  # summed to gamma
+        return _smax_cotangent(x, arg(x, gamma, reg=reg, axis=axis), g, reg, axes, sign)
     rules(name, jvp=jvp, vjp=vjp)
 
 
@@ -309,26 +316,104 @@ def _shifted(x, axes, sign):
     return finite_or_zero(x - spread(c, x, axes))
 
 
+# q = J(u) applied: q = softmax/sparsemax(u), u = sign * x / gamma, so
+# du = sign * (dx / gamma - x dgamma / gamma^2); infinite x (weight 0) contribute 0.
+def _sarg_tangent(x, gamma, q, dx, dgamma, reg, axes, sign):
+    du = dx / gamma
+    if dgamma is not ZERO:
+        du = du - _shifted(x, axes, sign) * dgamma / gamma ** 2
+    return soft_jvp(reg, x, q, du if sign > 0 else -du, axes)
+
+
+def _sarg_cotangent(x, gamma, q, g, reg, axes, sign):
+    gu = soft_vjp(reg, x, q, g, axes)
+    gu = gu if sign > 0 else -gu
+    return gu / gamma, -(gu * _shifted(x, axes, sign)).sum() / gamma ** 2
+
+
 def _sarg_rules(name, sign):
-    """q = J(u) applied: q = softmax/sparsemax(u), u = sign * x / gamma, so
-    du = sign * (dx / gamma - x dgamma / gamma^2); infinite x (weight 0) contribute 0."""
     def jvp(x, gamma, z, dx, dgamma, reg, axis):
-        axes = axes_of(x, axis)
-        du = dx / gamma
-        if dgamma is not ZERO:
-            du = du - _shifted(x, axes, sign) * dgamma / gamma ** 2
-        return soft_jvp(reg, x, z, du if sign > 0 else -du, axes)
+        return _sarg_tangent(x, gamma, z, dx, dgamma, reg, axes_of(x, axis), sign)
 
     def vjp(x, gamma, z, g, reg, axis):
-        axes = axes_of(x, axis)
-        gu = soft_vjp(reg, x, z, g, axes)
-        gu = gu if sign > 0 else -gu
-        return gu / gamma, -(gu * _shifted(x, axes, sign)).sum() / gamma ** 2
+        return _sarg_cotangent(x, gamma, z, g, reg, axes_of(x, axis), sign)
     rules(name, jvp=jvp, vjp=vjp)
 
 
 _sarg_rules("sargmax", 1)
 _sarg_rules("sargmin", -1)
+
+
+# ---------------------------------------------------------------- smax_arg / smin_arg
+# smax and its maximiser from one pass over x: what reverse mode tapes for an array smax
+# inside a loop (``Primitive.residuals``), so that its reverse sweep multiplies by the
+# taped weights instead of recomputing them (no exp).  Not a built-in of the language.
+def _smax_arg(x, gamma, reg="entropy", axis=-1):
+    return _smax(x, gamma, reg, axis), _sargmax(x, gamma, reg, axis)
+
+
+def _smin_arg(x, gamma, reg="entropy", axis=-1):
+    return _smin(x, gamma, reg, axis), _sargmin(x, gamma, reg, axis)
+
+
+def _arg_infer(name):
+    red = _reduce_infer(name)
+    same = _map_infer(name, with_gamma=True, with_reg=True)
+    return lambda types, attrs: (red(types, attrs), same(types, attrs))
+
+
+for _name, _impl, _of in (("smax_arg", _smax_arg, "smax"), ("smin_arg", _smin_arg, "smin")):
+    defprim(_name, operands=("x", "gamma"), attrs={"reg": "entropy", "axis": -1},
+            infer=_arg_infer(_name), impl=_impl, nresults=2, group="soft",
+            doc=f"({_of}(x, gamma), its maximiser) in one pass: reverse mode's residual form "
+                f"of {_of}")
+
+
+def _arg_rules(name, sign):
+    """The rules of smax and sargmax (smin, sargmin) at the taped maximiser."""
+    def jvp(x, gamma, zs, dx, dgamma, reg, axis):
+        axes, q = axes_of(x, axis), zs[1]
+        return (_smax_tangent(q, dx, dgamma, reg, axes, sign),
+                _sarg_tangent(x, gamma, q, dx, dgamma, reg, axes, sign))
+
+    def vjp(x, gamma, zs, g, reg, axis):
+        axes, q = axes_of(x, axis), zs[1]
+        gx, gg = ZERO, ZERO
+        if g[0] is not ZERO:
+            gx, gg = _smax_cotangent(x, q, g[0], reg, axes, sign)
+            if gg.ndim:
+                gg = gg.sum()
+        if g[1] is not ZERO:
+            hx, hg = _sarg_cotangent(x, gamma, q, g[1], reg, axes, sign)
+            gx, gg = gx + hx, gg + hg
+        return gx, gg
+    rules(name, jvp=jvp, vjp=vjp)
+
+
+_arg_rules("smax_arg", 1)
+_arg_rules("smin_arg", -1)
+
+
+def _array_residuals(name):
+    """``Primitive.residuals`` of smax/smin on a float64 array (gamma not differentiated):
+    the value and the maximiser from one ``smax_arg``/``smin_arg``; the reverse sweep's
+    contribution to x is the maximiser times the cotangent spread over the axes."""
+    def residuals(b, operands, attrs, need):
+        x, gamma = operands
+        if need[1] or not isinstance(x.type, T.Array) or x.type.dtype != "f64" \
+                or gamma.type.dtype != "f64":
+            return None
+        v, q = b.prim(name + "_arg", x, gamma, **attrs)
+        axes = tuple(norm_axes(attrs.get("axis"), x.type.ndim, name))
+
+        def contribution(b, g, w):
+            return b.prim("mul", w, b.prim("broadcast_to", g, w, axis=axes))
+        return v, [(q, contribution), None]
+    return residuals
+
+
+REGISTRY["smax"].residuals = _array_residuals("smax")
+REGISTRY["smin"].residuals = _array_residuals("smin")
 
 
 # ---------------------------------------------------------------- one-hot

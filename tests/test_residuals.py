@@ -1,0 +1,169 @@
+"""Reverse mode tapes the maximiser of an array smax/smin inside a loop (``smax_arg``,
+``Primitive.residuals``), and the CPU backend keeps tapes of equal-shape arrays in one
+buffer: gradients and Hessian-vector products against the interpreter, finite
+differences and a NumPy forward-backward written here."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dplang as dp
+
+rng = np.random.default_rng(7)
+
+SRC = '''
+def chain(theta: f64[T, S, S], g: f64) -> f64:
+    # the CRF's forward recursion, with a temperature
+    V = zeros((T, S))
+    V[0, :] = theta[0, 0, :]
+    for t in range(1, T):
+        V[t, :] = smax(theta[t, :, :].T + V[t - 1, :], g)
+    return smax(V[T - 1, :], g)
+
+
+@smooth(l2, gamma=g)
+def chain_min(theta: f64[T, S, S], g: f64) -> f64:
+    # smin along axis 0 (smoothed min), l2, and a scale after it
+    V = zeros((T, S))
+    V[0, :] = theta[0, 0, :]
+    for t in range(1, T):
+        V[t, :] = 0.9 * min(theta[t, :, :] + outer(V[t - 1, :], ones(S)), axis=0)
+    return sum(V[T - 1, :] * V[T - 1, :])
+
+
+def grows(x: f64[N]) -> f64:
+    # a tape of arrays whose length changes with the loop: the typed-list tape
+    s = 0.0
+    for t in range(1, N):
+        y = x[:t] * x[:t]
+        s += sum(exp(y))
+    return s
+
+
+def nested(x: f64[n, m], k: i64) -> f64:
+    # array tapes inside two loops
+    s = 0.0
+    for i in range(k):
+        for j in range(n):
+            s += smax(x[j, :] * (s * 0.1 + 1.0), 0.5)
+    return s
+'''
+
+
+@pytest.fixture(scope="module")
+def mods():
+    return (dp.compile(SRC, filename="residuals.dp", backend="cpu"),
+            dp.compile(SRC, filename="residuals.dp", backend="interp"))
+
+
+def logsumexp(a, axis):
+    m = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def crf_reference(theta):
+    """log Z and the edge marginals by the forward-backward recursions."""
+    T, S, _ = theta.shape
+    alpha, beta = np.zeros((T, S)), np.zeros((T, S))
+    alpha[0] = theta[0, 0]
+    for t in range(1, T):
+        alpha[t] = logsumexp(alpha[t - 1][:, None] + theta[t], 0)
+    for t in range(T - 1, 0, -1):
+        beta[t - 1] = logsumexp(theta[t] + beta[t][None, :], 1)
+    logz = logsumexp(alpha[T - 1], 0)
+    M = np.zeros_like(theta)
+    M[0, 0] = np.exp(alpha[0] + beta[0] - logz)
+    for t in range(1, T):
+        M[t] = np.exp(alpha[t - 1][:, None] + theta[t] + beta[t][None, :] - logz)
+    return logz, M
+
+
+def test_the_reverse_sweep_multiplies_by_taped_weights(mods):
+    cpu, _ = mods
+    g = dp.grad(cpu.chain)
+    theta = rng.standard_normal((6, 4, 4))
+    g(theta, 1.0)
+    ir = str(g.ir())
+    # the forward sweep computes value and weights together and tapes the weights; the
+    # reverse sweep does not recompute them
+    loops = ir.split("for t_1 in")
+    assert "smax_arg(" in loops[0] and "tape_push" in loops[0]
+    assert "sargmax" not in loops[1] and "smax" not in loops[1]
+    src = g.source()
+    assert "rt_rows_smax_arg(" in src
+    assert "typed.List" not in src            # the weights' tape is one buffer
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.3, 1e-8])
+def test_crf_gradient_is_the_marginals(mods, gamma):
+    cpu, interp = mods
+    theta = rng.standard_normal((7, 5, 5)) * (100.0 if gamma == 1e-8 else 1.0)
+    for mod in (cpu, interp):
+        v, G = dp.value_and_grad(mod.chain)(theta, gamma)
+        if gamma == 1.0:
+            z, M = crf_reference(theta)
+            assert v == pytest.approx(z, rel=1e-13)
+            np.testing.assert_allclose(G, M, rtol=1e-11, atol=1e-14)
+        assert np.all(np.isfinite(G))
+        # marginals of each step sum to one
+        np.testing.assert_allclose(G[1:].sum(axis=(1, 2)), 1.0, rtol=1e-10)
+    vi, Gi = dp.value_and_grad(interp.chain)(theta, gamma)
+    vc, Gc = dp.value_and_grad(cpu.chain)(theta, gamma)
+    assert vc == pytest.approx(vi, rel=1e-12)
+    np.testing.assert_allclose(Gc, Gi, rtol=1e-12, atol=1e-13)
+
+
+def test_inf_potentials_get_zero_marginals(mods):
+    cpu, interp = mods
+    theta = rng.standard_normal((5, 4, 4))
+    theta[2, 1, :] = -np.inf            # no move out of tag 1 at step 2
+    theta[3, :, 2] = -np.inf            # nor into tag 2 at step 3
+    for mod in (cpu, interp):
+        G = dp.grad(mod.chain)(theta, 1.0)
+        assert np.all(np.isfinite(G))
+        assert np.all(G[2, 1, :] == 0) and np.all(G[3, :, 2] == 0)
+        v = np.array(rng.standard_normal(theta.shape))
+        v[~np.isfinite(theta)] = 0.0
+        assert np.all(np.isfinite(dp.hvp(mod.chain)(theta, 1.0, v)))
+
+
+@pytest.mark.parametrize("name", ["chain", "chain_min"])
+def test_hvp_against_finite_differences(mods, name):
+    theta = rng.standard_normal((5, 3, 3))
+    v = rng.standard_normal(theta.shape)
+    h = 1e-5
+    for mod in mods:
+        f = getattr(mod, name)
+        hv = dp.hvp(f)(theta, 0.7, v)
+        g = dp.grad(f)
+        fd = (g(theta + h * v, 0.7) - g(theta - h * v, 0.7)) / (2 * h)
+        np.testing.assert_allclose(hv, fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["chain_min", "grows", "nested"])
+def test_gradients_agree_and_pass_the_dot_product_test(mods, name):
+    cpu, interp = mods
+    args = {"chain_min": lambda: [rng.standard_normal((6, 3, 3)), 0.4],
+            "grows": lambda: [rng.standard_normal(7) * 0.5],
+            "nested": lambda: [rng.standard_normal((3, 4)), 3]}[name]()
+    gc = dp.grad(getattr(cpu, name))(*args)
+    gi = dp.grad(getattr(interp, name))(*args)
+    np.testing.assert_allclose(gc, gi, rtol=1e-12, atol=1e-13)
+    u = rng.standard_normal(np.shape(args[0]))
+    f = getattr(cpu, name)
+    _, dv = dp.jvp(f)(*args, u)
+    assert np.sum(gc * u) == pytest.approx(dv, rel=1e-10)
+    # and against the central difference along u
+    h = 1e-6
+    fd = (f(*([args[0] + h * u] + args[1:])) - f(*([args[0] - h * u] + args[1:]))) / (2 * h)
+    assert np.sum(gc * u) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
+def test_tape_kinds_in_the_generated_source(mods):
+    cpu, _ = mods
+    g = dp.grad(cpu.grows)
+    g(rng.standard_normal(5))
+    assert "typed.List" in g.source()         # x[:t] changes length: a list of copies
+    g = dp.grad(cpu.nested)
+    g(rng.standard_normal((3, 4)), 2)
+    assert "typed.List" not in g.source()
