@@ -174,6 +174,38 @@ def test_a_view_never_sees_a_later_write():
     assert "B[0, :].copy()" in cpu.source(prog, "views")
 
 
+def _transpose_prog(write_source):
+    """IR: a = A * 2 (a new array); t = a.T; then an in-place write to a (write_source)
+    or to a copy C of A; then t is read."""
+    from dplang.ir import types as T
+    from dplang.ir.builder import Builder, new_region
+    from dplang.ir.core import Func, Program
+    body = new_region([T.Array("f64", (3, 3))], hints=["A"])
+    b = Builder(body)
+    (A,) = body.args
+    a = b.prim("mul", A, b.const(2.0, T.F64), hint="a")
+    t = b.prim("transpose", a, hint="t")
+    zero, one = b.const(0, T.I64), b.const(1, T.I64)
+    target = a if write_source else b.prim("copy", A, hint="C")
+    w = b.prim("setitem", target, b.const(100.0, T.F64), zero, one, hint="w")
+    out = b.prim("add", t, w)
+    b.return_(out)
+    fn = Func("tr", body, [out.type], param_names=["A"])
+    return Program(funcs={"tr": fn}, exports={"tr": "tr"})
+
+
+@pytest.mark.parametrize("write_source", [True, False])
+def test_a_transposed_view_is_copied_only_when_its_array_is_written(write_source):
+    from dplang.backends import interp
+    prog = _transpose_prog(write_source)
+    x = rng.standard_normal((3, 3))
+    ref = interp.run_func(prog, "tr", [x])
+    got = cpu.run_func(prog, "tr", [x])
+    np.testing.assert_array_equal(got[0], ref[0])
+    copied = "np.transpose(a).copy()" in cpu.source(prog, "tr")
+    assert copied == write_source
+
+
 def test_arguments_are_not_modified(dtw):
     x, y = rng.standard_normal((5, 2)), rng.standard_normal((4, 2))
     x0, y0 = x.copy(), y.copy()

@@ -476,11 +476,15 @@ class FuncGen:
         self.contains_write: dict[Op, bool] = {}
         self.escapes: set = set()
 
+        self.users: dict = {}
+
         def scan(region: Region) -> set:
             used_all = set()
             for idx, op in enumerate(region.ops):
                 self.pos[op] = idx
                 used = set(op.operands)
+                for v in used:
+                    self.users.setdefault(v, []).append(op)
                 w = op in self.inplace
                 for reg in op.regions:
                     used |= scan(reg)
@@ -500,10 +504,37 @@ class FuncGen:
             return used_all
         scan(self.func.body)
 
+    # groups of primitives whose array results are new arrays, and that only read their
+    # operands
+    FRESH = ("arithmetic", "math", "comparison", "logic", "selection")
+    READS = FRESH + ("reduction", "soft")
+
+    def private_source(self, op: Op) -> bool:
+        """The array that view ``op`` looks at is a new array of an elementwise op that
+        nothing but this view looks at or writes (other uses only read it, or store it
+        as a value): no write can reach the view through it."""
+        x = op.operands[0]
+        p = REGISTRY.get(x.owner.name) if isinstance(x.owner, Op) else None
+        if p is None or p.group not in self.FRESH or x in self.escapes:
+            return False
+        for u in self.users.get(x, ()):
+            if u is op:
+                continue
+            q = REGISTRY.get(u.name)
+            if q is not None and (q.group in self.READS or u.name == "sum_to"):
+                continue
+            if u.name in ("setitem", "scatter_add") and x not in (u.operands[0],) + tuple(
+                    u.operands[2:]):
+                continue
+            return False
+        return True
+
     def view_needs_copy(self, op: Op) -> bool:
         v = op.results[0]
         if v in self.escapes:
             return True
+        if self.private_source(op):
+            return False
         region = op.parent
         start = self.pos.get(op, 0)
         end = self.last_use.get((id(region), v), start)
