@@ -504,16 +504,19 @@ class FuncGen:
             return used_all
         scan(self.func.body)
 
-    # groups of primitives whose array results are new arrays, and that only read their
-    # operands
-    FRESH = ("arithmetic", "math", "comparison", "logic", "selection")
-    READS = FRESH + ("reduction", "soft")
+    # groups of primitives whose array results are new arrays (the soft operators' may be
+    # transposed views of one), and that only read their operands
+    FRESH = ("arithmetic", "math", "comparison", "logic", "selection", "soft")
+    READS = FRESH + ("reduction",)
 
     def private_source(self, op: Op) -> bool:
-        """The array that view ``op`` looks at is a new array of an elementwise op that
-        nothing but this view looks at or writes (other uses only read it, or store it
-        as a value): no write can reach the view through it."""
-        x = op.operands[0]
+        """The array that view ``op`` looks at is a new array that nothing but this view
+        looks at or writes: no write can reach the view through it."""
+        return self.private_value(op.operands[0], op)
+
+    def private_value(self, x: Value, op: Op) -> bool:
+        """``x`` is a new array of an elementwise or soft operator, and its uses other
+        than ``op`` only read it (or store it as a value)."""
         p = REGISTRY.get(x.owner.name) if isinstance(x.owner, Op) else None
         if p is None or p.group not in self.FRESH or x in self.escapes:
             return False
@@ -680,7 +683,11 @@ class FuncGen:
         elem = tape.type.elem
         t = self.ref(tape)
         sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
-        if isinstance(elem, T.Array) and sized and all(
+        # arrays that nothing writes after the push go on a list as they are (no copy)
+        steal = isinstance(elem, T.Array) and all(
+            self.private_value(u.operands[1], u)
+            for u in self.users.get(tape, ()) if u.name == "tape_push")
+        if isinstance(elem, T.Array) and sized and not steal and all(
                 isinstance(d, (int, T.Sym)) for d in elem.shape):
             return self.array_tape_op(op, ind, tape, elem)
         if isinstance(elem, T.Array):
@@ -688,7 +695,9 @@ class FuncGen:
                 item = numba_item_type(elem)
                 return self.line(ind, f"{t} = numba.typed.List.empty_list({item})", op)
             if op.name == "tape_push":
-                return self.line(ind, f"{t}.append({self.ref(op.operands[1])}.copy())", op)
+                x = self.ref(op.operands[1])
+                x = f"np.ascontiguousarray({x})" if steal else f"{x}.copy()"
+                return self.line(ind, f"{t}.append({x})", op)
             return self.line(ind, f"{self.ref(op.results[0])} = {t}.pop()", op)
         n = self.tape_count(tape)
         # a tape with a capacity (reverse mode knows the trip counts) is allocated once
