@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import dplang as dp
+from test_stdlib import forward_backward as crf_reference  # log Z, edge marginals
 
 rng = np.random.default_rng(7)
 
@@ -64,28 +65,6 @@ def rows(x: f64[n, m]) -> f64:
 def mods():
     return (dp.compile(SRC, filename="residuals.dp", backend="cpu"),
             dp.compile(SRC, filename="residuals.dp", backend="interp"))
-
-
-def logsumexp(a, axis):
-    m = np.max(a, axis=axis, keepdims=True)
-    return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
-
-
-def crf_reference(theta):
-    """log Z and the edge marginals by the forward-backward recursions."""
-    T, S, _ = theta.shape
-    alpha, beta = np.zeros((T, S)), np.zeros((T, S))
-    alpha[0] = theta[0, 0]
-    for t in range(1, T):
-        alpha[t] = logsumexp(alpha[t - 1][:, None] + theta[t], 0)
-    for t in range(T - 1, 0, -1):
-        beta[t - 1] = logsumexp(theta[t] + beta[t][None, :], 1)
-    logz = logsumexp(alpha[T - 1], 0)
-    M = np.zeros_like(theta)
-    M[0, 0] = np.exp(alpha[0] + beta[0] - logz)
-    for t in range(1, T):
-        M[t] = np.exp(alpha[t - 1][:, None] + theta[t] + beta[t][None, :] - logz)
-    return logz, M
 
 
 def test_the_reverse_sweep_multiplies_by_taped_weights(mods):

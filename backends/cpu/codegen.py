@@ -382,6 +382,7 @@ class FuncGen:
         self.locals = Names(mod.globals.used)
         self.tape_counts: dict = {}
         self.tape_caps: dict = {}
+        self.tape_steal: dict = {}
         self._name_values()
         self._scan_uses()
         self.lines: list[str] = []
@@ -683,10 +684,7 @@ class FuncGen:
         elem = tape.type.elem
         t = self.ref(tape)
         sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
-        # arrays that nothing writes after the push go on a list as they are (no copy)
-        steal = isinstance(elem, T.Array) and all(
-            self.private_value(u.operands[1], u)
-            for u in self.users.get(tape, ()) if u.name == "tape_push")
+        steal = self.tape_steals(tape)
         if isinstance(elem, T.Array) and sized and not steal and all(
                 isinstance(d, (int, T.Sym)) for d in elem.shape):
             return self.array_tape_op(op, ind, tape, elem)
@@ -718,6 +716,15 @@ class FuncGen:
             return self.line(ind, f"{self.ref(op.results[0])} = "
                                   f"{self.unchecked_load(tape, n)}", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
+
+    def tape_steals(self, tape: Value) -> bool:
+        """A tape of arrays that nothing writes after their push: it holds the arrays
+        themselves (no copy).  Decided once per tape."""
+        if tape not in self.tape_steal:
+            self.tape_steal[tape] = isinstance(tape.type.elem, T.Array) and all(
+                self.private_value(u.operands[1], u)
+                for u in self.users.get(tape, ()) if u.name == "tape_push")
+        return self.tape_steal[tape]
 
     def array_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
         """A tape of arrays whose shape the types fix (dimensions are numbers or the
@@ -1537,13 +1544,16 @@ class FuncGen:
     def p_onehot_argmax(self, op, ind): return self._onehot(op, ind, False)
     def p_onehot_argmin(self, op, ind): return self._onehot(op, ind, True)
 
-    def _smax(self, op, ind, sign):
+    def _smax_call(self, op, ind, helper, sign):
+        """(the call of row helper ``helper`` on x's rows, perm, kept dims) for smax-like
+        ``op`` (x, gamma)."""
         x, gamma = op.operands
-        h = self.mod.helper("rt_rows_smax")
-        g = self._gamma(gamma)
         l2 = op.attrs.get("reg", "entropy") == "l2"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
-        e = f"{h}({z}, {g}, {l2})"
+        return f"{self.mod.helper(helper)}({z}, {self._gamma(gamma)}, {l2})", perm, kd
+
+    def _smax(self, op, ind, sign):
+        e, perm, kd = self._smax_call(op, ind, "rt_rows_smax", sign)
         if sign < 0:
             e = f"-{e}"
         self.natural = "f64"
@@ -1556,16 +1566,13 @@ class FuncGen:
 
     def _smax_arg(self, op, ind, sign):
         """(smax, sargmax) from one rt_rows_smax_arg call (reverse mode's residual form)."""
-        x, gamma = op.operands
-        h = self.mod.helper("rt_rows_smax_arg")
-        g = self._gamma(gamma)
-        l2 = op.attrs.get("reg", "entropy") == "l2"
-        z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
+        e, perm, kd = self._smax_call(op, ind, "rt_rows_smax_arg", sign)
         v, q = self.fresh("v"), self.fresh("q")
-        self.line(ind, f"{v}, {q} = {h}({z}, {g}, {l2})", op)
+        self.line(ind, f"{v}, {q} = {e}", op)
         val = f"{v}[0]" if not kd else f"{v}.reshape({_shape_tuple(kd)})"
         self.line(ind, f"{self.ref(op.results[0])} = {'-' if sign < 0 else ''}{val}", op)
-        self.line(ind, f"{self.ref(op.results[1])} = {self.from_rows(q, x, perm)}", op)
+        self.line(ind, f"{self.ref(op.results[1])} = {self.from_rows(q, op.operands[0], perm)}",
+                  op)
 
     def p_smax_arg(self, op, ind): return self._smax_arg(op, ind, 1)
     def p_smin_arg(self, op, ind): return self._smax_arg(op, ind, -1)
