@@ -5,7 +5,9 @@
     parsed     the program as the parser read it (the AST, printed back as source)
     ssa        after checking and lowering into structured SSA (dsl/lower.py)
     smoothed   after the smoothing pass (passes/smooth.py: @smooth, dp.smooth)
-    ad         after forward/reverse differentiation (passes/ad_forward, ad_reverse)
+    ad         after transpose sinking (passes/layout.py: reductions of a transposed
+               matrix reduce the matrix) and forward/reverse differentiation
+               (passes/ad_forward, ad_reverse)
     optimized  after simplification (passes/simplify.py: DCE, CSE, folding)
 
 Each pass is a function ``program -> program`` that does not modify its input.  A pass
@@ -31,11 +33,8 @@ def _smooth(program: Program) -> Program:
 
 
 def _ad(program: Program) -> Program:
-    try:
-        from dplang.passes import ad
-    except ImportError:
-        return program
-    return ad.run(program)
+    from dplang.passes import ad, layout
+    return ad.run(layout.run(program))
 
 
 def _simplify(program: Program) -> Program:

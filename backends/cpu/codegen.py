@@ -403,7 +403,7 @@ class FuncGen:
             if n.outer not in self.waves and n.pops}
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
         self.fused = fusion.plan(self) if fusion.enabled() else {}
-        self.fused_ops = {op for g in self.fused.values() for op in g.ops}
+        self.fused_ops = {op for g in self.fused.values() for op in g.ops + g.writes}
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -1456,12 +1456,29 @@ class FuncGen:
             if op in self.unchecked:
                 self.line(ind, self.unchecked_store(x, idx, sym, val), op)
                 return None
+            rank = self.view_rank(op)
+            if self.arr(v) and rank == v.type.ndim and 1 <= rank <= 3:
+                h = self.mod.helper(f"rt_{'add' if sym == '+=' else 'set'}_into{rank}")
+                self.line(ind, f"{h}({self.ref(x)}[{idx}], {val})", op)
+                return None
             self.line(ind, f"{self.ref(x)}[{idx}] {sym} {val}", op)
             return None
         name = self.ref(r)
         self.line(ind, f"{name} = {self.ref(x)}.copy()", op)
         self.line(ind, f"{name}[{idx}] {sym} {val}", op)
         return None
+
+    def view_rank(self, op) -> int | None:
+        """The rank of the view ``x[index]`` that setitem/scatter_add ``op`` writes, when
+        its indices are integers and slices (else None)."""
+        x = op.operands[0]
+        if any(self.arr(v) for v in op.operands[2:]):
+            return None
+        index = op.attrs.get("index")
+        entries = ("i",) * len(op.operands[2:]) if index is None else tuple(index)
+        if not entries:
+            return None
+        return sum(1 for e in entries if e != "i") + x.type.ndim - len(entries)
 
     def p_setitem(self, op, ind): return self._write(op, ind, "=")
     def p_scatter_add(self, op, ind): return self._write(op, ind, "+=")
@@ -1500,9 +1517,34 @@ class FuncGen:
         z = self.tmp(ind, op, "z", f"np.ascontiguousarray({t}).reshape(({_prod(kd)}, {_prod(rd)}))")
         return z, axes, perm, kd
 
-    def _soft_map(self, op, ind, helper_call, negate=False):
+    def cols_of(self, op, ind, x: Value, negate=False):
+        """When ``op`` (entropy, or no regulariser) reduces over x's leading axes and
+        keeps others: (name of x as a C-contiguous 2-D array, reduced axes down the
+        rows, kept axes along the columns; the kept dims), for the rt_cols_* kernels
+        (no transpose).  Else None."""
+        if op.attrs.get("reg", "entropy") != "entropy":
+            return None
+        nd = x.type.ndim
+        axes = norm_axes(op.attrs.get("axis", -1), nd, op.name)
+        if len(axes) == nd or list(axes) != list(range(len(axes))):
+            return None
+        src = self.val(x, "f64")
+        if negate:
+            src = f"-{_paren(src)}"
+        xs = self.ref(x)
+        kd = [f"{xs}.shape[{k}]" for k in range(len(axes), nd)]
+        rd = [f"{xs}.shape[{k}]" for k in axes]
+        z = self.tmp(ind, op, "z", f"np.ascontiguousarray({src}).reshape(({_prod(rd)}, {_prod(kd)}))")
+        return z, kd
+
+    def _soft_map(self, op, ind, helper_call, negate=False, cols_call=None):
         x = op.operands[0]
         r = op.results[0]
+        c = self.cols_of(op, ind, x, negate) if cols_call is not None else None
+        if c is not None:
+            q = self.tmp(ind, op, "q", cols_call(c[0]))
+            self.natural = "f64"
+            return f"{q}.reshape({self.ref(x)}.shape)"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), negate)
         q = self.tmp(ind, op, "q", helper_call(z))
         self.natural = "f64"
@@ -1522,7 +1564,8 @@ class FuncGen:
 
     def p_softmax(self, op, ind):
         h = self.mod.helper("rt_rows_softmax")
-        return self._soft_map(op, ind, lambda z: f"{h}({z}, 1.0, False)")
+        return self._soft_map(op, ind, lambda z: f"{h}({z}, 1.0, False)",
+                              cols_call=lambda z: f"{self.mod.helper('rt_cols_softmax')}({z}, 1.0)")
 
     def p_sparsemax(self, op, ind):
         h = self.mod.helper("rt_rows_softmax")
@@ -1532,7 +1575,8 @@ class FuncGen:
         h = self.mod.helper("rt_rows_softmax")
         g = self._gamma(op.operands[1])
         l2 = op.attrs.get("reg", "entropy") == "l2"
-        return self._soft_map(op, ind, lambda z: f"{h}({z}, {g}, {l2})", negate)
+        return self._soft_map(op, ind, lambda z: f"{h}({z}, {g}, {l2})", negate,
+                              lambda z: f"{self.mod.helper('rt_cols_softmax')}({z}, {g})")
 
     def p_sargmax(self, op, ind): return self._sarg(op, ind, False)
     def p_sargmin(self, op, ind): return self._sarg(op, ind, True)
@@ -1545,15 +1589,21 @@ class FuncGen:
     def p_onehot_argmin(self, op, ind): return self._onehot(op, ind, True)
 
     def _smax_call(self, op, ind, helper, sign):
-        """(the call of row helper ``helper`` on x's rows, perm, kept dims) for smax-like
-        ``op`` (x, gamma)."""
+        """(the call of row helper ``rt_rows_<helper>`` on x's rows, perm, kept dims) for
+        smax-like ``op`` (x, gamma); ``rt_cols_<helper>`` down x's columns (perm None)
+        when it reduces leading axes (cols_of)."""
         x, gamma = op.operands
+        c = self.cols_of(op, ind, x, sign < 0)
+        if c is not None:
+            return f"{self.mod.helper('rt_cols_' + helper)}({c[0]}, {self._gamma(gamma)})", \
+                None, c[1]
         l2 = op.attrs.get("reg", "entropy") == "l2"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
-        return f"{self.mod.helper(helper)}({z}, {self._gamma(gamma)}, {l2})", perm, kd
+        return f"{self.mod.helper('rt_rows_' + helper)}({z}, {self._gamma(gamma)}, {l2})", \
+            perm, kd
 
     def _smax(self, op, ind, sign):
-        e, perm, kd = self._smax_call(op, ind, "rt_rows_smax", sign)
+        e, perm, kd = self._smax_call(op, ind, "smax", sign)
         if sign < 0:
             e = f"-{e}"
         self.natural = "f64"
@@ -1566,13 +1616,14 @@ class FuncGen:
 
     def _smax_arg(self, op, ind, sign):
         """(smax, sargmax) from one rt_rows_smax_arg call (reverse mode's residual form)."""
-        e, perm, kd = self._smax_call(op, ind, "rt_rows_smax_arg", sign)
+        e, perm, kd = self._smax_call(op, ind, "smax_arg", sign)
         v, q = self.fresh("v"), self.fresh("q")
         self.line(ind, f"{v}, {q} = {e}", op)
         val = f"{v}[0]" if not kd else f"{v}.reshape({_shape_tuple(kd)})"
         self.line(ind, f"{self.ref(op.results[0])} = {'-' if sign < 0 else ''}{val}", op)
-        self.line(ind, f"{self.ref(op.results[1])} = {self.from_rows(q, op.operands[0], perm)}",
-                  op)
+        x = op.operands[0]
+        qx = f"{q}.reshape({self.ref(x)}.shape)" if perm is None else self.from_rows(q, x, perm)
+        self.line(ind, f"{self.ref(op.results[1])} = {qx}", op)
 
     def p_smax_arg(self, op, ind): return self._smax_arg(op, ind, 1)
     def p_smin_arg(self, op, ind): return self._smax_arg(op, ind, -1)

@@ -62,6 +62,7 @@ class Group:
     shape: tuple                                # the result shape (types)
     rep: Value                                  # an operand of the full shape
     outputs: set = field(default_factory=set)   # results used outside the group
+    writes: list = field(default_factory=list)  # in-place writes of results done in the loop
 
 
 def _is_two(v: Value) -> bool:
@@ -151,6 +152,8 @@ def plan(gen) -> dict:
         if rep is None:
             return
         g = Group(list(run), tuple(run[0].results[0].type.shape), rep)
+        g.writes = _write_through(gen, run, users)
+        members |= set(g.writes)
         for op in run:
             r = op.results[0]
             if any(u not in members for u in users.get(r, ())):
@@ -178,6 +181,71 @@ def plan(gen) -> dict:
         close(run)
     walk(gen.func.body)
     return groups
+
+
+_VIEWS = ("getitem", "reshape", "transpose")
+
+
+def _may_view(v: Value, x: Value) -> bool:
+    """Whether ``v`` may share ``x``'s buffer: ``x`` itself or a view of it."""
+    while True:
+        if v is x:
+            return True
+        o = v.owner
+        if not (isinstance(o, Op) and o.name in _VIEWS):
+            return False
+        v = o.operands[0]
+
+
+def _write_through(gen, run: list, users: dict) -> list:
+    """The in-place ``A[i, :] = r`` / ``A[i, :] += r`` (setitem/scatter_add of a result
+    ``r`` of the group over a view of the loop's shape, integer indices and whole
+    slices) that the loop can do itself, element by element, instead of a second pass
+    over ``r``.  Only when the write can move up to the loop: the ops in between are
+    straight-line code that reads neither ``A`` nor a view of it, the indices exist at
+    the loop, and the group reads neither."""
+    region = run[-1].parent
+    if region is None:
+        return []
+    pos = {id(o): k for k, o in enumerate(region.ops)}
+    end = pos[id(run[-1])]
+    made = {op.results[0] for op in run}
+    reads = [x for op in run for x in _reads(op) if isinstance(x.type, T.Array)]
+    out = []
+    for op in run:
+        r = op.results[0]
+        for u in users.get(r, ()):
+            if u.name not in ("setitem", "scatter_add") or u.parent is not region or \
+                    u.operands[1] is not r or r in u.operands[2:] or u.operands[0] in made:
+                continue
+            if u not in gen.inplace or u in gen.unchecked or u in gen.carry_of:
+                continue
+            x = u.operands[0]
+            if x.type.dtype != "f64" or gen.view_rank(u) != len(r.type.shape):
+                continue
+            index = u.attrs.get("index") or ("i",) * len(u.operands[2:])
+            if any(e != "i" and tuple(e[1:]) != (False, False, False) for e in index):
+                continue
+            view = [d for e, d in zip(index + ("s",) * x.type.ndim, x.type.shape)
+                    if e != "i"][:len(r.type.shape)]
+            if not all(T.dims_equal(a, b) for a, b in zip(view, r.type.shape)):
+                continue
+            if any(_may_view(y, x) for y in reads):
+                continue
+            k = pos.get(id(u))
+            if k is None or k <= end:
+                continue
+            between = region.ops[end + 1:k]
+            if any(b.regions or b.name in EFFECTS or any(
+                    isinstance(y.type, T.Array) and y not in made and
+                    (_may_view(y, x) or (isinstance(y.owner, Op) and y.owner.name in _VIEWS))
+                    for y in b.operands) for b in between):
+                continue
+            defined_late = {v for b in between for v in b.results}
+            if x in defined_late or any(i in defined_late for i in u.operands[2:]):
+                continue
+            out.append(u)
+    return out
 
 
 def emit(gen, g: Group, ind: int):
@@ -210,6 +278,11 @@ def emit(gen, g: Group, ind: int):
             for ax, (d, a) in enumerate(zip(x.type.shape, dims)):
                 want = "1" if d == 1 and g.shape[a] != 1 else ns[a]
                 tests.append(f"{gen.ref(x)}.shape[{ax}] != {want}")
+    views = {}
+    for u in g.writes:
+        w = views[u] = gen.fresh(gen.ref(u.operands[0]) + "_v")
+        gen.line(ind, f"{w} = {gen.ref(u.operands[0])}[{gen.index_text(u, u.operands[2:])}]", u)
+        tests += [f"{w}.shape[{a}] != {ns[a]}" for a in range(rank)]
     if tests:
         gen.line(ind, f"if {' or '.join(tests)}:", first)
         gen.line(ind + 1, "raise ValueError('elementwise operands could not be broadcast "
@@ -239,14 +312,31 @@ def emit(gen, g: Group, ind: int):
         r = op.results[0]
         e = scalar_expr(gen, op, [elem(op, k) for k in range(len(_reads(op)))])
         idx = ", ".join(iv)
+        writes = [u for u in g.writes if u.operands[1] is r]
+        if writes and r not in g.outputs and r not in local:
+            s = local[r] = gen.ref(r)
+            gen.line(body, f"{s} = {e}", op)
+            e = s
+        for u in writes:
+            sym = "+=" if u.name == "scatter_add" else "="
+            if r in g.outputs and r not in local:
+                s = local[r] = gen.fresh(gen.ref(r) + "_e")
+                gen.line(body, f"{s} = {e}", op)
+                e = s
+            w = views[u]
+            if gen.mod.boundscheck:
+                acc = gen.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(rank))
+                gen.line(body, f"{acc}({w}, {idx}, {e})", u)
+            else:
+                gen.line(body, f"{w}[{idx}] {sym} {e}", u)
         if r in g.outputs:
             used_inside = any(r in o.operands for o in g.ops)
-            if used_inside:
+            if used_inside and r not in local:
                 s = local[r] = gen.fresh(gen.ref(r) + "_e")
                 gen.line(body, f"{s} = {e}", op)
                 e = s
             gen.line(body, store(gen, r, idx, e), op)
-        else:
+        elif r not in local:
             s = local[r] = gen.ref(r)
             gen.line(body, f"{s} = {e}", op)
 

@@ -437,6 +437,27 @@ def rt_rows_sum(z):
     out = np.zeros(n, z.dtype)
     if m == 0:
         return out
+    if 8 <= m <= 128:
+        # rt_pwblock's order written out in the row loop: the out-of-order core then
+        # overlaps the rows (32 rows of 32: 0.35 us, against 0.54 through calls)
+        top = m - (m % 8)
+        for r in range(n):
+            r0, r1, r2, r3 = z[r, 0], z[r, 1], z[r, 2], z[r, 3]
+            r4, r5, r6, r7 = z[r, 4], z[r, 5], z[r, 6], z[r, 7]
+            for i in range(8, top, 8):
+                r0 += z[r, i]
+                r1 += z[r, i + 1]
+                r2 += z[r, i + 2]
+                r3 += z[r, i + 3]
+                r4 += z[r, i + 4]
+                r5 += z[r, i + 5]
+                r6 += z[r, i + 6]
+                r7 += z[r, i + 7]
+            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            for i in range(top, m):
+                res += z[r, i]
+            out[r] = res
+        return out
     zf = z.ravel()
     for r in range(n):
         out[r] = rt_pwblock(zf, r * m, m) if m <= 128 else rt_pw(zf, r * m, m)
@@ -896,6 +917,73 @@ def rt_linspace(start, stop, num):
     return y
 
 
+# ---------------------------------------------------------------- writes into views
+# ``A[t, :] += v`` and ``A[t, :] = v`` for an array v of the view's rank.  Numba's slice
+# assignment goes through a generic broadcasting loop several times slower than a plain
+# nest (0.34 against 0.06 ms for 256 updates of 32 x 32); the nest runs when the shapes
+# are equal, Numba's assignment (which broadcasts, or raises) otherwise.  The generated
+# code copies a value that is a view of the array it is written into (the in-place
+# rule), so source and destination never overlap.
+@jit
+def rt_add_into1(dst, src):
+    if dst.shape[0] == src.shape[0]:
+        for i in range(dst.shape[0]):
+            dst[i] += src[i]
+    else:
+        dst[:] += src
+
+
+@jit
+def rt_add_into2(dst, src):
+    if dst.shape[0] == src.shape[0] and dst.shape[1] == src.shape[1]:
+        for i in range(dst.shape[0]):
+            for j in range(dst.shape[1]):
+                dst[i, j] += src[i, j]
+    else:
+        dst[:, :] += src
+
+
+@jit
+def rt_add_into3(dst, src):
+    if dst.shape == src.shape:
+        for i in range(dst.shape[0]):
+            for j in range(dst.shape[1]):
+                for k in range(dst.shape[2]):
+                    dst[i, j, k] += src[i, j, k]
+    else:
+        dst[:, :, :] += src
+
+
+@jit
+def rt_set_into1(dst, src):
+    if dst.shape[0] == src.shape[0]:
+        for i in range(dst.shape[0]):
+            dst[i] = src[i]
+    else:
+        dst[:] = src
+
+
+@jit
+def rt_set_into2(dst, src):
+    if dst.shape[0] == src.shape[0] and dst.shape[1] == src.shape[1]:
+        for i in range(dst.shape[0]):
+            for j in range(dst.shape[1]):
+                dst[i, j] = src[i, j]
+    else:
+        dst[:, :] = src
+
+
+@jit
+def rt_set_into3(dst, src):
+    if dst.shape == src.shape:
+        for i in range(dst.shape[0]):
+            for j in range(dst.shape[1]):
+                for k in range(dst.shape[2]):
+                    dst[i, j, k] = src[i, j, k]
+    else:
+        dst[:, :, :] = src
+
+
 # ---------------------------------------------------------------- unchecked accessors
 # Element access without Numba's bounds check, for accesses whose indices a test hoisted
 # out of their loop nest proved in range (backends/cpu/ranges.py); LLVM inlines them.
@@ -1144,6 +1232,89 @@ def rt_rows_smax_arg(z, gamma, l2):
     out = np.empty(z.shape[0], np.float64)
     q = np.empty(z.shape, np.float64)
     rt_rows_entropy(z, gamma, out, q)
+    return out, q
+
+
+@jit
+def rt_cols_entropy(z, gamma, value, w, full):
+    """rt_rows_entropy down the columns of the 2-D z (a reduction over axis 0): the
+    columns are the vector lanes, so nothing is transposed.  ``value`` gets one entry per
+    column; with ``full`` the weights go into ``w`` (z's shape).  Sums run down each
+    column in row order, as NumPy sums over axis 0.  Columns whose maximum is not finite
+    (or that start with a NaN) get what rt_rows_entropy gives such a row."""
+    n, k = z.shape
+    if k and n == 0:
+        raise ValueError("zero-size array to reduction operation maximum which has no identity")
+    if n == 0:
+        return
+    rg = 1.0 / gamma
+    pow2 = math.frexp(gamma)[0] == 0.5
+    m = z[0].copy()
+    for r in range(1, n):
+        for j in range(k):
+            x = z[r, j]
+            m[j] = x if x > m[j] else m[j]
+    s = np.zeros(k, np.float64)
+    if full:
+        for r in range(n):
+            if pow2:
+                for j in range(k):
+                    e = rt_exp((z[r, j] - m[j]) * rg)
+                    w[r, j] = e
+                    s[j] += e
+            else:
+                for j in range(k):
+                    e = rt_exp((z[r, j] - m[j]) / gamma)
+                    w[r, j] = e
+                    s[j] += e
+    else:
+        for r in range(n):
+            if pow2:
+                for j in range(k):
+                    s[j] += rt_exp((z[r, j] - m[j]) * rg)
+            else:
+                for j in range(k):
+                    s[j] += rt_exp((z[r, j] - m[j]) / gamma)
+    for j in range(k):
+        value[j] = m[j] + gamma * math.log(s[j])
+    if full:
+        for j in range(k):
+            s[j] = 1.0 / s[j]
+        for r in range(n):
+            for j in range(k):
+                w[r, j] = w[r, j] * s[j]
+    for j in range(k):
+        if not np.isfinite(m[j]):
+            value[j] = m[j]
+            if full:
+                w[:, j] = rt_ties(np.ascontiguousarray(z[:, j]), m[j])
+
+
+@jit
+def rt_cols_smax(z, gamma):
+    """Entropy smax of each column of z (over axis 0)."""
+    rt_check_gamma(gamma)
+    out = np.empty(z.shape[1], np.float64)
+    rt_cols_entropy(z, gamma, out, z, False)
+    return out
+
+
+@jit
+def rt_cols_softmax(z, gamma):
+    """softmax of each column of z / gamma (over axis 0)."""
+    rt_check_gamma(gamma)
+    q = np.empty(z.shape, np.float64)
+    rt_cols_entropy(z, gamma, np.empty(z.shape[1], np.float64), q, True)
+    return q
+
+
+@jit
+def rt_cols_smax_arg(z, gamma):
+    """(rt_cols_smax, rt_cols_softmax) of z from one pass."""
+    rt_check_gamma(gamma)
+    out = np.empty(z.shape[1], np.float64)
+    q = np.empty(z.shape, np.float64)
+    rt_cols_entropy(z, gamma, out, q, True)
     return out, q
 
 
