@@ -1429,6 +1429,10 @@ class FuncGen:
                         parts.append("")
                 s = f"{parts[0]}:{parts[1]}" + (f":{parts[2]}" if parts[2] else "")
                 out.append(s)
+        # x[t, :, :] is x[t]; Numba types the first as a strided ("A") view of a C
+        # array and the second as C-contiguous, so loops over it vectorise
+        while len(out) > 1 and out[-1] == ":":
+            out.pop()
         return ", ".join(out)
 
     def p_getitem(self, op, ind):
