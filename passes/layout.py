@@ -23,7 +23,6 @@ The values are the same up to the order of the additions in a reduction.
 """
 from __future__ import annotations
 
-from dplang.ir import types as T
 from dplang.ir.analysis import uses as func_uses
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Op, Program, Region, Value
@@ -175,19 +174,13 @@ def sink_transposes(func: Func) -> bool:
     return _Sinker(func).run()
 
 
+def _has_transpose(func: Func) -> bool:
+    return any(_is_matrix_transpose(op) for op in func.walk())
+
+
 def run(program: Program) -> Program:
     """A copy of the program with transposes sunk in every function that has one."""
-    from dplang.passes.simplify import clone_func
-    if not any(_is_matrix_transpose(op) for f in program.funcs.values() if f is not None
-               for op in f.walk()):
+    from dplang.passes.simplify import rewrite_funcs
+    if not any(f is not None and _has_transpose(f) for f in program.funcs.values()):
         return program
-    prog = Program(dict(program.funcs), dict(program.exports), program.filename)
-    if hasattr(program, "loader"):
-        prog.loader = program.loader
-    for key, f in program.funcs.items():
-        if f is None or not any(_is_matrix_transpose(op) for op in f.walk()):
-            continue
-        g = clone_func(f)
-        if sink_transposes(g):
-            prog.funcs[key] = g
-    return prog
+    return rewrite_funcs(program, sink_transposes, wanted=_has_transpose)

@@ -211,12 +211,5 @@ def _rewrite(func: Func, op: Op, k: int, versions, uses) -> None:
 
 def run(program: Program) -> Program:
     """Scalarise in every function (a copy of the program; the input is not modified)."""
-    from dplang.passes.simplify import clone_func
-    prog = Program(dict(program.funcs), dict(program.exports), program.filename)
-    if hasattr(program, "loader"):
-        prog.loader = program.loader
-    for key, f in program.funcs.items():
-        g = clone_func(f)
-        if scalarize_func(g):
-            prog.funcs[key] = g
-    return prog
+    from dplang.passes.simplify import rewrite_funcs
+    return rewrite_funcs(program, scalarize_func)

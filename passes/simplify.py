@@ -194,6 +194,22 @@ def clone_func(func: Func) -> Func:
     return _copy.deepcopy(func, memo)
 
 
+def rewrite_funcs(program: Program, rewrite, wanted=None) -> Program:
+    """A copy of ``program`` in which every function (for which ``wanted(func)`` holds)
+    that ``rewrite`` changes on a clone -- it rewrites in place and returns whether it
+    changed anything -- is that clone; the input is not modified."""
+    prog = Program(dict(program.funcs), dict(program.exports), program.filename)
+    if hasattr(program, "loader"):
+        prog.loader = program.loader
+    for key, f in program.funcs.items():
+        if f is None or (wanted is not None and not wanted(f)):
+            continue
+        g = clone_func(f)
+        if rewrite(g):
+            prog.funcs[key] = g
+    return prog
+
+
 def run(program: Program) -> Program:
     prog = Program({}, dict(program.exports), program.filename)
     if hasattr(program, "loader"):
