@@ -87,6 +87,18 @@ def blocked(x: f64[n, m]) -> f64:
     A[0, :, :] = w
     return sum(A) + r
 
+# sums of a loop's results over their last or first axis: done in the loop
+def rowsum(x: f64[n, m], y: f64[n, m]) -> f64[n]:
+    return sum(x * y + 1.0, axis=1)
+
+def colsum(x: f64[n, m], y: f64[n, m]) -> f64[m]:
+    return sum(x * y + 1.0, axis=0)
+
+def sums3(x: f64[a, n, m]) -> (f64[a, n], f64[n, m], f64[a, n, m]):
+    u = x * x - 0.5
+    w = u * 3.0
+    return sum(u, axis=2), sum(w, axis=0), u
+
 # a value of the view's rank that broadcasts (k: f64[1, m]) into it
 def spread(x: f64[n, m], k: f64[1, m]) -> f64[n, m]:
     A = x * 1.0
@@ -263,3 +275,49 @@ def test_blas_helpers_read_transposed_operands():
     np.testing.assert_allclose(rt.rt_fmm12_t(w, B), w @ B.T, rtol=1e-14)
     with pytest.raises(ValueError, match="inner dimensions"):
         rt.rt_fmm22_nt(A, A.T.copy())
+
+
+def _in_order(rows):
+    """Each row's entries added one after the other (Python floats: no NumPy order)."""
+    out = []
+    for row in rows:
+        acc = 0.0
+        for e in row.tolist():
+            acc += e
+        out.append(acc)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("m", [3, 37, 128, 129, 300])
+def test_sums_of_a_loop_result_are_done_in_the_loop(mods, m):
+    """A row of up to 128 entries is added in order in the loop (NumPy's pairwise order
+    needs eight accumulators; as accurate for such rows); longer rows, and columns, sum
+    exactly as NumPy does."""
+    cpu, interp = mods
+    n = 6
+    x, y = rng.standard_normal((n, m)), rng.standard_normal((n, m))
+    u = x * y + 1.0                         # (exactly rounded: the same bits everywhere)
+    r = cpu.rowsum(x, y)
+    if m <= 128:
+        np.testing.assert_array_equal(r, _in_order(u))
+    else:
+        np.testing.assert_array_equal(r, np.sum(u, axis=1))
+    np.testing.assert_allclose(r, interp.rowsum(x, y), rtol=1e-14)
+    np.testing.assert_array_equal(cpu.colsum(x, y), np.sum(u, axis=0))
+    x3 = rng.standard_normal((2, n, m))
+    s2, s0, u3 = cpu.sums3(x3)
+    w = x3 * x3 - 0.5
+    np.testing.assert_array_equal(u3, w)
+    np.testing.assert_array_equal(s0, np.sum(w * 3.0, axis=0))
+    ref2 = np.sum(w, axis=2) if m > 128 else _in_order(w.reshape(-1, m)).reshape(2, n)
+    np.testing.assert_array_equal(s2, ref2)
+    for name in ("rowsum", "colsum", "sums3"):
+        src = getattr(cpu, name).source()
+        assert "rt_rows_sum" not in src and "rt_cols_sum" not in src, name
+        assert src.count("for i0 in range(n0):") == 1, name
+    assert "np.empty((n0, n1)" not in cpu.rowsum.source()     # x * y + 1 is no array
+    # gradients through the fused sums
+    ct = rng.standard_normal(n)
+    for a, b in zip(dp.vjp(cpu.rowsum, wrt=(0, 1))(x, y, ct),
+                    dp.vjp(interp.rowsum, wrt=(0, 1))(x, y, ct)):
+        np.testing.assert_allclose(a, b, rtol=1e-13)

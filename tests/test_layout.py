@@ -44,6 +44,13 @@ def escapes(A: f64[n, m], v: f64[n]) -> f64:
 def loss(A: f64[n, m], v: f64[n], w: f64[m]) -> f64:
     return sum(smax(A.T + v, 0.7) * w) + sum(logsumexp(A.T * v, axis=1))
 
+# B is written between the sum and the soft operator: the kernel cannot read B later
+def between(A: f64[n, m], v: f64[n], g: f64) -> f64[m]:
+    B = A * 2.0
+    M = B.T + v
+    B[0, 0] = 100.0
+    return smax(M, g) + B[0, :]
+
 @smooth(entropy, gamma=g)
 def chain(theta: f64[T, S, S], g: f64) -> f64:
     V = zeros((T, S))
@@ -116,8 +123,10 @@ def test_column_kernels_at_inf_and_nan(mods):
     A[0, 3] = np.nan                        # NaN first
     A[3, 4] = np.nan                        # NaN later
     A[1:, 5] = -np.inf                      # one finite entry: weight 1 there
-    for f in ("soft", "weights"):
-        args = (A, np.zeros(6), 0.5) if f == "soft" else (A, np.zeros(4))
+    v = rng.standard_normal(4)
+    for f, args in (("soft", (A, np.zeros(6), 0.5)), ("weights", (A, np.zeros(4))),
+                    ("weights", (A, v)), ("colsoft", (A, v, 0.5)),
+                    ("colsoft", (A, v, 3.0))):
         c, i = getattr(cpu, f)(*args), getattr(interp, f)(*args)
         np.testing.assert_array_equal(np.isnan(c), np.isnan(i))
         np.testing.assert_allclose(c, i, rtol=1e-14)
@@ -176,3 +185,31 @@ def test_a_smoothed_chain_hvp(mods):
         fd = (g(theta + eps * d, 0.5) - g(theta - eps * d, 0.5)) / (2 * eps)
         np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)
         assert "transpose" not in str(g.ir())
+
+
+def test_the_kernel_adds_the_vector_as_it_reads(mods):
+    """``smax(A + v[:, None], axis=0)`` (a forward-algorithm step) passes A and v to the
+    column kernel: the sum is never an array.  Not when the sum is read elsewhere, nor
+    when a write to one of its operands comes between it and the soft operator."""
+    import re
+    cpu, interp = mods
+    assert re.search(r"rt_cols_smax\(A, v, g\)", cpu.colsoft.source())
+    assert re.search(r"rt_cols_softmax\(A, v, 1\.0\)", cpu.weights.source())
+    src = cpu.between.source()
+    assert "rt_cols_smax(z" in src and "rt_cols_smax(B" not in src
+    n, m = 4, 5
+    A, v = rng.standard_normal((n, m)), rng.standard_normal(n)
+    B = 2.0 * A
+    B[0, 0] = 100.0
+    for mod in (cpu, interp):
+        np.testing.assert_allclose(mod.between(A, v, 0.8),
+                                   lse(2.0 * A.T + v, 1, 0.8) + B[0, :], rtol=1e-14)
+    # the CRF's recursion: each step's weights are computed into their tape entry
+    g = dp.grad(cpu.chain)
+    theta = rng.standard_normal((6, 4, 4))
+    np.testing.assert_allclose(g(theta, 0.3), dp.grad(interp.chain)(theta, 0.3), rtol=1e-12)
+    src = g.source()
+    assert re.search(r"rt_cols_smax_arg_into\(\w+, \w+, g, (\w+)\)", src)
+    entry = re.search(r"rt_cols_smax_arg_into\(\w+, \w+, g, (\w+)\)", src).group(1)
+    assert re.search(rf"{entry} = tape\w*\[tape\w*_n\]", src)
+    assert "typed.List" not in src and "elementwise operands" not in src.split("for t_1")[0]

@@ -401,9 +401,14 @@ class FuncGen:
         self.rows = {} if not mod.boundscheck else {
             n.outer: n for n in wavefront.wavefront_nests(func)
             if n.outer not in self.waves and n.pops}
+        # column soft operators that read their operand's two parts (_plan_offsets)
+        self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
         self.fused = fusion.plan(self) if fusion.enabled() else {}
-        self.fused_ops = {op for g in self.fused.values() for op in g.ops + g.writes}
+        self.fused_ops = {op for g in self.fused.values() for op in g.ops + g.writes + g.sums}
+        # arrays computed straight into their tape entry (take_dest)
+        self.dest_cands = self._plan_dests()
+        self.dest_taken: set = set()
 
     # -- naming ------------------------------------------------------------------
     def _name_values(self):
@@ -533,6 +538,50 @@ class FuncGen:
             return False
         return True
 
+    # soft operators along columns whose operand is ``A + v[:, None]``
+    COLS_OFFSET = ("smax", "smax_arg", "softmax", "sargmax")
+
+    def _plan_offsets(self):
+        """({soft op: (A, v)}, the ops it absorbs).  A column soft operator (entropy,
+        over axis 0 of a matrix) whose operand is ``add(A, broadcast_to(v, A,
+        axis=(1,)))`` -- a forward-algorithm step ``alpha[:, None] + theta[t]``, the form
+        transpose sinking gives the CRF -- passes ``A`` and ``v`` to the kernel, which
+        adds them as it reads (no matrix is written and read back).  Only when nothing
+        else uses the sum or the broadcast and nothing is written between them and the
+        soft operator (the kernel reads ``A`` and ``v`` where the operator stood)."""
+        offsets, absorbed = {}, set()
+        for op in self.func.walk():
+            if op.name not in self.COLS_OFFSET or op.attrs.get("reg", "entropy") != "entropy":
+                continue
+            x = op.operands[0]
+            add = x.owner
+            if not (isinstance(x.type, T.Array) and x.type.ndim == 2 and x.type.dtype == "f64"
+                    and norm_axes(op.attrs.get("axis", -1), 2, op.name) == (0,)
+                    and isinstance(add, Op) and add.name == "add" and add.parent is op.parent
+                    and self.users.get(x) == [op]):
+                continue
+            for a, b in (add.operands, add.operands[::-1]):
+                bc = b.owner
+                if not (isinstance(a.type, T.Array) and a.type.dtype == "f64"
+                        and tuple(a.type.shape) == tuple(x.type.shape)
+                        and isinstance(bc, Op) and bc.name == "broadcast_to"
+                        and bc.parent is op.parent and self.users.get(b) == [add]
+                        and norm_axes(bc.attrs.get("axis") or (), 2, "broadcast_to") == (1,)):
+                    continue
+                v = bc.operands[0]
+                if not (isinstance(v.type, T.Array) and v.type.ndim == 1
+                        and v.type.dtype == "f64"):
+                    continue
+                region = op.parent
+                lo = min(self.pos[bc], self.pos[add])
+                if any(self.contains_write.get(o, False) or o.regions
+                       for o in region.ops[lo + 1:self.pos[op]]):
+                    continue
+                offsets[op] = (a, v)
+                absorbed |= {add, bc}
+                break
+        return offsets, absorbed
+
     def view_needs_copy(self, op: Op) -> bool:
         v = op.results[0]
         if v in self.escapes:
@@ -582,7 +631,7 @@ class FuncGen:
                 g = self.fused.get(op)
                 if g is not None:
                     fusion.emit(self, g, indent)
-                elif op not in self.fused_ops:
+                elif op not in self.fused_ops and op not in self.absorbed:
                     self.op(op, indent)
             except CodegenError:
                 raise
@@ -685,8 +734,9 @@ class FuncGen:
         t = self.ref(tape)
         sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
         steal = self.tape_steals(tape)
-        if isinstance(elem, T.Array) and sized and not steal and all(
-                isinstance(d, (int, T.Sym)) for d in elem.shape):
+        if self.fixed_tape(tape) and (not steal or any(
+                u.operands[1] in self.dest_cands for u in self.users.get(tape, ())
+                if u.name == "tape_push")):
             return self.array_tape_op(op, ind, tape, elem)
         if isinstance(elem, T.Array):
             if op.name == "tape_new":
@@ -717,6 +767,56 @@ class FuncGen:
                                   f"{self.unchecked_load(tape, n)}", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
+    def _plan_dests(self) -> dict:
+        """{array: its tape_push} for arrays that can be computed straight into their
+        entry of a tape of one shape (array_tape_op): outputs of a fused loop and the
+        weights of a column soft operator, pushed in their region with no other use of
+        the tape in between, and that nothing writes afterwards."""
+        made = {}                           # array -> the op where its code is emitted
+        for g in self.fused.values():
+            for r in g.outputs:
+                made[r] = g.ops[-1]
+        for op in self.func.walk():
+            if op.name in self.COLS_OFFSET and op.name != "smax" and \
+                    self.cols_fit(op, op.operands[0]):
+                made[op.results[-1]] = op
+        out = {}
+        for push in self.func.walk():
+            if push.name != "tape_push" or not self.fixed_tape(push.operands[0]):
+                continue
+            tape, x = push.operands[:2]
+            at = made.get(x)
+            if at is None or at.parent is not push.parent or not self.private_value(x, push) \
+                    or sum(1 for u in self.users.get(x, ()) if u.name == "tape_push") != 1:
+                continue
+            region = push.parent.ops
+            if any(tape in o.operands for o in region[self.pos[at] + 1:self.pos[push]]):
+                continue
+            out[x] = push
+        return out
+
+    def fixed_tape(self, tape: Value) -> bool:
+        """A tape of arrays whose shape the types fix, with a capacity."""
+        elem = tape.type.elem
+        return isinstance(elem, T.Array) and isinstance(tape.owner, Op) and \
+            bool(tape.owner.operands) and all(isinstance(d, (int, T.Sym)) for d in elem.shape)
+
+    def take_dest(self, x: Value, ind: int, op: Op, shape: str) -> str | None:
+        """For an array of dest_cands: emit its tape entry (allocating the tape at the
+        first one) as ``x``'s local and return its name: the code computing ``x`` writes
+        into it, and its push only counts it.  Else None."""
+        push = self.dest_cands.get(x)
+        if push is None:
+            return None
+        tape = push.operands[0]
+        t, n = self.ref(tape), self.tape_count(tape)
+        self.line(ind, f"if {t}.shape[0] == 0:", op)
+        dt = NPDT[tape.type.elem.dtype]
+        self.line(ind + 1, f"{t} = np.empty(({self.tape_caps[tape]},) + {shape}, {dt})", op)
+        self.dest_taken.add(x)
+        self.line(ind, f"{self.ref(x)} = {t}[{n}]", op)
+        return self.ref(x)
+
     def tape_steals(self, tape: Value) -> bool:
         """A tape of arrays that nothing writes after their push: it holds the arrays
         themselves (no copy).  Decided once per tape."""
@@ -737,6 +837,8 @@ class FuncGen:
             self.line(ind, f"{cap} = max({self.ref(op.operands[0])}, 1)", op)
             self.line(ind, f"{t} = np.empty({_shape_tuple(['0'] * (elem.ndim + 1))}, {dt})", op)
             return self.line(ind, f"{n} = 0", op)
+        if op.name == "tape_push" and op.operands[1] in self.dest_taken:
+            return self.line(ind, f"{n} += 1", op)      # (computed in its entry)
         if op.name == "tape_push":
             x = self.ref(op.operands[1])
             self.line(ind, f"if {t}.shape[0] == 0:", op)
@@ -1523,15 +1625,21 @@ class FuncGen:
 
     def cols_of(self, op, ind, x: Value, negate=False):
         """When ``op`` (entropy, or no regulariser) reduces over x's leading axes and
-        keeps others: (name of x as a C-contiguous 2-D array, reduced axes down the
-        rows, kept axes along the columns; the kept dims), for the rt_cols_* kernels
-        (no transpose).  Else None."""
+        keeps others: the arguments of the rt_cols_* kernels (no transpose): (x as a
+        2-D array, reduced axes down the rows, kept axes along the columns; the kept
+        dims; the row offsets or "None"; x's shape), with ``A`` and ``v`` for an operand
+        ``A + v[:, None]`` (_plan_offsets).  Else None."""
         if op.attrs.get("reg", "entropy") != "entropy":
+            return None
+        off = self.offsets.get(op)
+        if off is not None:
+            assert not negate
+            a, v = map(self.ref, off)
+            return a, [f"{a}.shape[1]"], v, f"{a}.shape"
+        if not self.cols_fit(op, x):
             return None
         nd = x.type.ndim
         axes = norm_axes(op.attrs.get("axis", -1), nd, op.name)
-        if len(axes) == nd or list(axes) != list(range(len(axes))):
-            return None
         src = self.val(x, "f64")
         if negate:
             src = f"-{_paren(src)}"
@@ -1539,16 +1647,37 @@ class FuncGen:
         kd = [f"{xs}.shape[{k}]" for k in range(len(axes), nd)]
         rd = [f"{xs}.shape[{k}]" for k in axes]
         z = self.tmp(ind, op, "z", f"np.ascontiguousarray({src}).reshape(({_prod(rd)}, {_prod(kd)}))")
-        return z, kd
+        return z, kd, "None", f"{xs}.shape"
 
-    def _soft_map(self, op, ind, helper_call, negate=False, cols_call=None):
+    def cols_fit(self, op, x: Value) -> bool:
+        """``op`` (entropy) reduces over x's leading axes and keeps others."""
+        if op.attrs.get("reg", "entropy") != "entropy" or not isinstance(x.type, T.Array):
+            return False
+        nd = x.type.ndim
+        axes = norm_axes(op.attrs.get("axis", -1), nd, op.name)
+        return len(axes) < nd and list(axes) == list(range(len(axes)))
+
+    def cols_weights(self, op, ind, helper, c, gamma: str):
+        """(the call of ``rt_cols_<helper>``, a kernel that also gives the weights, on
+        cols_of's ``c``; None) or, when the weights are pushed on a tape (take_dest),
+        (the call of its ``_into`` form, which writes them into their tape entry; the
+        entry's name).  The ``_into`` form of smax_arg returns the values only."""
         x = op.operands[0]
-        r = op.results[0]
-        c = self.cols_of(op, ind, x, negate) if cols_call is not None else None
+        dest = self.take_dest(op.results[-1], ind, op, c[3])
+        if dest is None:
+            return f"{self.mod.helper('rt_cols_' + helper)}({c[0]}, {c[2]}, {gamma})", None
+        d = dest if x.type.ndim == 2 else f"{dest}.reshape({c[0]}.shape)"
+        return f"{self.mod.helper(f'rt_cols_{helper}_into')}({c[0]}, {c[2]}, {gamma}, {d})", dest
+
+    def _soft_map(self, op, ind, helper_call, negate=False, cols_helper=None):
+        x = op.operands[0]
+        c = self.cols_of(op, ind, x, negate) if cols_helper is not None else None
         if c is not None:
-            q = self.tmp(ind, op, "q", cols_call(c[0]))
+            g = self._gamma(op.operands[1]) if len(op.operands) > 1 else "1.0"
+            call, dest = self.cols_weights(op, ind, cols_helper, c, g)
+            q = self.tmp(ind, op, "q", call)
             self.natural = "f64"
-            return f"{q}.reshape({self.ref(x)}.shape)"
+            return q if dest is not None else f"{q}.reshape({c[3]})"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), negate)
         q = self.tmp(ind, op, "q", helper_call(z))
         self.natural = "f64"
@@ -1569,7 +1698,7 @@ class FuncGen:
     def p_softmax(self, op, ind):
         h = self.mod.helper("rt_rows_softmax")
         return self._soft_map(op, ind, lambda z: f"{h}({z}, 1.0, False)",
-                              cols_call=lambda z: f"{self.mod.helper('rt_cols_softmax')}({z}, 1.0)")
+                              cols_helper="softmax")
 
     def p_sparsemax(self, op, ind):
         h = self.mod.helper("rt_rows_softmax")
@@ -1579,8 +1708,7 @@ class FuncGen:
         h = self.mod.helper("rt_rows_softmax")
         g = self._gamma(op.operands[1])
         l2 = op.attrs.get("reg", "entropy") == "l2"
-        return self._soft_map(op, ind, lambda z: f"{h}({z}, {g}, {l2})", negate,
-                              lambda z: f"{self.mod.helper('rt_cols_softmax')}({z}, {g})")
+        return self._soft_map(op, ind, lambda z: f"{h}({z}, {g}, {l2})", negate, "softmax")
 
     def p_sargmax(self, op, ind): return self._sarg(op, ind, False)
     def p_sargmin(self, op, ind): return self._sarg(op, ind, True)
@@ -1593,21 +1721,22 @@ class FuncGen:
     def p_onehot_argmin(self, op, ind): return self._onehot(op, ind, True)
 
     def _smax_call(self, op, ind, helper, sign):
-        """(the call of row helper ``rt_rows_<helper>`` on x's rows, perm, kept dims) for
-        smax-like ``op`` (x, gamma); ``rt_cols_<helper>`` down x's columns (perm None)
-        when it reduces leading axes (cols_of)."""
+        """(the call of row helper ``rt_rows_<helper>`` on x's rows, perm, kept dims, x's
+        shape) for smax-like ``op`` (x, gamma); ``rt_cols_<helper>`` down x's columns
+        (perm None) when it reduces leading axes (cols_of)."""
         x, gamma = op.operands
+        g = self._gamma(gamma)
         c = self.cols_of(op, ind, x, sign < 0)
         if c is not None:
-            return f"{self.mod.helper('rt_cols_' + helper)}({c[0]}, {self._gamma(gamma)})", \
-                None, c[1]
+            return f"{self.mod.helper('rt_cols_' + helper)}({c[0]}, {c[2]}, {g})", \
+                None, c[1], c[3]
         l2 = op.attrs.get("reg", "entropy") == "l2"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
-        return f"{self.mod.helper('rt_rows_' + helper)}({z}, {self._gamma(gamma)}, {l2})", \
-            perm, kd
+        return f"{self.mod.helper('rt_rows_' + helper)}({z}, {g}, {l2})", \
+            perm, kd, f"{self.ref(x)}.shape"
 
     def _smax(self, op, ind, sign):
-        e, perm, kd = self._smax_call(op, ind, "smax", sign)
+        e, perm, kd, _ = self._smax_call(op, ind, "smax", sign)
         if sign < 0:
             e = f"-{e}"
         self.natural = "f64"
@@ -1620,13 +1749,21 @@ class FuncGen:
 
     def _smax_arg(self, op, ind, sign):
         """(smax, sargmax) from one rt_rows_smax_arg call (reverse mode's residual form)."""
-        e, perm, kd = self._smax_call(op, ind, "smax_arg", sign)
+        x = op.operands[0]
+        c = self.cols_of(op, ind, x, sign < 0)
+        call, dest = self.cols_weights(op, ind, "smax_arg", c, self._gamma(op.operands[1])) \
+            if c is not None else (None, None)
+        if dest is not None:            # the weights are in their tape entry
+            v = self.tmp(ind, op, "v", call)
+            self.line(ind, f"{self.ref(op.results[0])} = {v}.reshape({_shape_tuple(c[1])})", op)
+            return
+        e, perm, kd, shape = (call, None, c[1], c[3]) if c is not None else \
+            self._smax_call(op, ind, "smax_arg", sign)
         v, q = self.fresh("v"), self.fresh("q")
         self.line(ind, f"{v}, {q} = {e}", op)
         val = f"{v}[0]" if not kd else f"{v}.reshape({_shape_tuple(kd)})"
         self.line(ind, f"{self.ref(op.results[0])} = {'-' if sign < 0 else ''}{val}", op)
-        x = op.operands[0]
-        qx = f"{q}.reshape({self.ref(x)}.shape)" if perm is None else self.from_rows(q, x, perm)
+        qx = f"{q}.reshape({shape})" if perm is None else self.from_rows(q, x, perm)
         self.line(ind, f"{self.ref(op.results[1])} = {qx}", op)
 
     def p_smax_arg(self, op, ind): return self._smax_arg(op, ind, 1)

@@ -63,6 +63,7 @@ class Group:
     rep: Value                                  # an operand of the full shape
     outputs: set = field(default_factory=set)   # results used outside the group
     writes: list = field(default_factory=list)  # in-place writes of results done in the loop
+    sums: list = field(default_factory=list)    # sums of results over one axis done in it
 
 
 def _is_two(v: Value) -> bool:
@@ -153,7 +154,8 @@ def plan(gen) -> dict:
             return
         g = Group(list(run), tuple(run[0].results[0].type.shape), rep)
         g.writes = _write_through(gen, run, users)
-        members |= set(g.writes)
+        g.sums = _sums(gen, run, users)
+        members |= set(g.writes) | set(g.sums)
         for op in run:
             r = op.results[0]
             if any(u not in members for u in users.get(r, ())):
@@ -161,7 +163,7 @@ def plan(gen) -> dict:
         groups[run[-1]] = g
 
     def ok(op: Op) -> bool:         # (and an op the code generator knows unfused)
-        return fusable(op) and hasattr(gen, "p_" + op.name)
+        return fusable(op) and hasattr(gen, "p_" + op.name) and op not in gen.absorbed
 
     def walk(region: Region):
         run: list = []
@@ -248,6 +250,32 @@ def _write_through(gen, run: list, users: dict) -> list:
     return out
 
 
+def sum_axis(u: Op, rank: int):
+    """``"rows"`` for a sum over the last axis of a rank-``rank`` array, ``"lead"`` over
+    the first (rank 2 or more), else None."""
+    axes = norm_axes(u.attrs.get("axis"), rank, "sum")
+    if rank < 2 or len(axes) != 1:
+        return None
+    return "rows" if axes[0] == rank - 1 else "lead" if axes[0] == 0 else None
+
+
+def _sums(gen, run: list, users: dict) -> list:
+    """The ``sum(r, axis=...)`` of a result ``r`` of the group over its first or its last
+    axis that the loop accumulates as it computes ``r`` (no second pass over ``r``, and
+    no ``r`` at all when nothing else reads it).  ``r`` is a new array that no write
+    reaches, so the sum can move up to the loop."""
+    region = run[-1].parent
+    out = []
+    for op in run:
+        r = op.results[0]
+        for u in users.get(r, ()):
+            if u.name == "sum" and u.parent is region and u.operands[0] is r and \
+                    u not in gen.unchecked and u not in gen.early and \
+                    sum_axis(u, r.type.ndim) is not None:
+                out.append(u)
+    return out
+
+
 def emit(gen, g: Group, ind: int):
     """The loop nest of group ``g``."""
     first = g.ops[0]
@@ -291,8 +319,26 @@ def emit(gen, g: Group, ind: int):
     for op in g.ops:
         r = op.results[0]
         if r in g.outputs:
-            gen.line(ind, f"{gen.ref(r)} = np.empty({shape}, np.float64)", op)
+            if gen.take_dest(r, ind, op, shape) is None:    # (else its tape entry)
+                gen.line(ind, f"{gen.ref(r)} = np.empty({shape}, np.float64)", op)
+    # sums over the first axis add each element into their result; sums over the last
+    # one add a row in order in a local (rows of up to 128 entries: NumPy's pairwise
+    # order would need eight accumulators, and this is as accurate for such rows), and
+    # longer rows go into a buffer summed as NumPy does
+    rowsum = {}
+    for u in g.sums:
+        s = gen.ref(u.results[0])
+        kept = ns[1:] if sum_axis(u, rank) == "lead" else ns[:-1]
+        fill = "zeros" if sum_axis(u, rank) == "lead" else "empty"
+        gen.line(ind, f"{s} = np.{fill}({_tuple(kept)}, np.float64)", u)
+        if sum_axis(u, rank) == "rows":
+            rowsum[u] = gen.fresh(s + "_s"), gen.fresh(s + "_long"), gen.fresh(s + "_row")
+            gen.line(ind, f"{rowsum[u][1]} = {ns[-1]} > 128", u)
+            gen.line(ind, f"{rowsum[u][2]} = np.empty({ns[-1]} if {rowsum[u][1]} else 0, np.float64)", u)
     for a in range(rank):
+        if a == rank - 1:
+            for u, (s, _, _) in rowsum.items():
+                gen.line(ind + a, f"{s} = 0.0", u)
         gen.line(ind + a, f"for {iv[a]} in range({ns[a]}):", first)
     body = ind + rank
     local: dict = {}
@@ -313,32 +359,33 @@ def emit(gen, g: Group, ind: int):
         e = scalar_expr(gen, op, [elem(op, k) for k in range(len(_reads(op)))])
         idx = ", ".join(iv)
         writes = [u for u in g.writes if u.operands[1] is r]
-        if writes and r not in g.outputs and r not in local:
-            s = local[r] = gen.ref(r)
+        sums = [u for u in g.sums if u.operands[0] is r]
+        inside = any(r in o.operands for o in g.ops)
+        if r not in local and (writes or sums or inside or r not in g.outputs):
+            # the element gets a local: the array's name when there is no array
+            s = local[r] = gen.ref(r) if r not in g.outputs else gen.fresh(gen.ref(r) + "_e")
             gen.line(body, f"{s} = {e}", op)
             e = s
         for u in writes:
-            sym = "+=" if u.name == "scatter_add" else "="
-            if r in g.outputs and r not in local:
-                s = local[r] = gen.fresh(gen.ref(r) + "_e")
-                gen.line(body, f"{s} = {e}", op)
-                e = s
             w = views[u]
-            if gen.mod.boundscheck:
-                acc = gen.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(rank))
-                gen.line(body, f"{acc}({w}, {idx}, {e})", u)
-            else:
-                gen.line(body, f"{w}[{idx}] {sym} {e}", u)
+            gen.line(body, store(gen, w, idx, e, rank, "+=" if u.name == "scatter_add" else "="), u)
         if r in g.outputs:
-            used_inside = any(r in o.operands for o in g.ops)
-            if used_inside and r not in local:
-                s = local[r] = gen.fresh(gen.ref(r) + "_e")
-                gen.line(body, f"{s} = {e}", op)
-                e = s
             gen.line(body, store(gen, r, idx, e), op)
-        elif r not in local:
-            s = local[r] = gen.ref(r)
-            gen.line(body, f"{s} = {e}", op)
+        for u in sums:              # (after the stores: measured faster in this order)
+            if u in rowsum:
+                s, long, row = rowsum[u]
+                gen.line(body, f"if {long}:", u)
+                gen.line(body + 1, store(gen, row, iv[-1], e, 1), u)
+                gen.line(body, f"{s} += {e}", u)
+            else:
+                gen.line(body, store(gen, u.results[0], ", ".join(iv[1:]), e, rank - 1, "+="), u)
+    for u, (s, long, row) in rowsum.items():
+        total = f"{gen.mod.helper('rt_psum')}({row}) if {long} else {s}"
+        gen.line(body - 1, store(gen, u.results[0], ", ".join(iv[:-1]), total, rank - 1), u)
+
+
+def _tuple(dims: list) -> str:
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def load(gen, x: Value, idx: str) -> str:
@@ -347,10 +394,15 @@ def load(gen, x: Value, idx: str) -> str:
     return f"{gen.ref(x)}[{idx}]"
 
 
-def store(gen, x: Value, idx: str, val: str) -> str:
+def store(gen, x, idx: str, val: str, rank: int | None = None, sym: str = "=") -> str:
+    """``x[idx] = val`` (or ``+=``) without per-access checks; ``x`` a Value, or a local's
+    name with its rank."""
+    name = x if isinstance(x, str) else gen.ref(x)
+    rank = rank if rank is not None else x.type.ndim
     if gen.mod.boundscheck:
-        return gen.unchecked_store(x, idx, "=", val)
-    return f"{gen.ref(x)}[{idx}] = {val}"
+        acc = gen.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(rank))
+        return f"{acc}({name}, {idx}, {val})"
+    return f"{name}[{idx}] {sym} {val}"
 
 
 def _p(s: str) -> str:

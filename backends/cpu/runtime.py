@@ -1236,45 +1236,55 @@ def rt_rows_smax_arg(z, gamma, l2):
 
 
 @jit
-def rt_cols_entropy(z, gamma, value, w, full):
+def rt_cols_entropy(z, off, gamma, value, w, full):
     """rt_rows_entropy down the columns of the 2-D z (a reduction over axis 0): the
-    columns are the vector lanes, so nothing is transposed.  ``value`` gets one entry per
-    column; with ``full`` the weights go into ``w`` (z's shape).  Sums run down each
-    column in row order, as NumPy sums over axis 0.  Columns whose maximum is not finite
-    (or that start with a NaN) get what rt_rows_entropy gives such a row."""
+    columns are the vector lanes, so nothing is transposed.  ``off`` is None or a vector
+    with one entry per row: the kernel then reduces ``z + off[:, None]`` (a forward-
+    algorithm step, ``theta[t] + alpha[:, None]``, never materialised).  ``value`` gets
+    one entry per column; with ``full`` the weights go into ``w`` (z's shape).  Sums run
+    down each column in row order, as NumPy sums over axis 0.  Columns whose maximum is
+    not finite (or that start with a NaN) get what rt_rows_entropy gives such a row."""
     n, k = z.shape
+    if off is not None and off.shape[0] != n:
+        raise ValueError("elementwise operands could not be broadcast together")
+    if full and (w.shape[0] != n or w.shape[1] != k):
+        raise ValueError("soft operator: the weights' destination has the wrong shape")
     if k and n == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     if n == 0:
         return
     rg = 1.0 / gamma
     pow2 = math.frexp(gamma)[0] == 0.5
-    m = z[0].copy()
+    m = np.empty(k, np.float64)
+    o = -0.0 if off is None else off[0]
+    for j in range(k):
+        m[j] = z[0, j] + o
     for r in range(1, n):
+        o = -0.0 if off is None else off[r]
         for j in range(k):
-            x = z[r, j]
+            x = z[r, j] + o
             m[j] = x if x > m[j] else m[j]
     s = np.zeros(k, np.float64)
-    if full:
+    if full and pow2:
         for r in range(n):
-            if pow2:
-                for j in range(k):
-                    e = rt_exp((z[r, j] - m[j]) * rg)
-                    w[r, j] = e
-                    s[j] += e
-            else:
-                for j in range(k):
-                    e = rt_exp((z[r, j] - m[j]) / gamma)
-                    w[r, j] = e
-                    s[j] += e
+            o = -0.0 if off is None else off[r]
+            for j in range(k):
+                e = rt_exp((z[r, j] + o - m[j]) * rg)
+                w[r, j] = e
+                s[j] += e
+    elif full:
+        for r in range(n):
+            o = -0.0 if off is None else off[r]
+            for j in range(k):
+                e = rt_exp((z[r, j] + o - m[j]) / gamma)
+                w[r, j] = e
+                s[j] += e
     else:
         for r in range(n):
-            if pow2:
-                for j in range(k):
-                    s[j] += rt_exp((z[r, j] - m[j]) * rg)
-            else:
-                for j in range(k):
-                    s[j] += rt_exp((z[r, j] - m[j]) / gamma)
+            o = -0.0 if off is None else off[r]
+            for j in range(k):
+                x = z[r, j] + o - m[j]
+                s[j] += rt_exp(x * rg if pow2 else x / gamma)
     for j in range(k):
         value[j] = m[j] + gamma * math.log(s[j])
     if full:
@@ -1287,35 +1297,49 @@ def rt_cols_entropy(z, gamma, value, w, full):
         if not np.isfinite(m[j]):
             value[j] = m[j]
             if full:
-                w[:, j] = rt_ties(np.ascontiguousarray(z[:, j]), m[j])
+                col = np.empty(n, np.float64)
+                for r in range(n):
+                    col[r] = z[r, j] + (-0.0 if off is None else off[r])
+                w[:, j] = rt_ties(col, m[j])
 
 
+# The column kernels' entry points.  ``off`` as in rt_cols_entropy; the ``_into`` forms
+# write the weights into ``q`` (a tape's entry: backend_cpu.md, "Tapes").
 @jit
-def rt_cols_smax(z, gamma):
-    """Entropy smax of each column of z (over axis 0)."""
+def rt_cols_smax(z, off, gamma):
+    """Entropy smax of each column of z (+ off[:, None]) (over axis 0)."""
     rt_check_gamma(gamma)
     out = np.empty(z.shape[1], np.float64)
-    rt_cols_entropy(z, gamma, out, z, False)
+    rt_cols_entropy(z, off, gamma, out, z, False)
     return out
 
 
 @jit
-def rt_cols_softmax(z, gamma):
-    """softmax of each column of z / gamma (over axis 0)."""
+def rt_cols_softmax_into(z, off, gamma, q):
+    """softmax of each column of (z + off[:, None]) / gamma (over axis 0), into q."""
     rt_check_gamma(gamma)
-    q = np.empty(z.shape, np.float64)
-    rt_cols_entropy(z, gamma, np.empty(z.shape[1], np.float64), q, True)
+    rt_cols_entropy(z, off, gamma, np.empty(z.shape[1], np.float64), q, True)
     return q
 
 
 @jit
-def rt_cols_smax_arg(z, gamma):
-    """(rt_cols_smax, rt_cols_softmax) of z from one pass."""
+def rt_cols_softmax(z, off, gamma):
+    return rt_cols_softmax_into(z, off, gamma, np.empty(z.shape, np.float64))
+
+
+@jit
+def rt_cols_smax_arg_into(z, off, gamma, q):
+    """rt_cols_smax of z, with rt_cols_softmax's weights written into q, from one pass."""
     rt_check_gamma(gamma)
     out = np.empty(z.shape[1], np.float64)
+    rt_cols_entropy(z, off, gamma, out, q, True)
+    return out
+
+
+@jit
+def rt_cols_smax_arg(z, off, gamma):
     q = np.empty(z.shape, np.float64)
-    rt_cols_entropy(z, gamma, out, q, True)
-    return out, q
+    return rt_cols_smax_arg_into(z, off, gamma, q), q
 
 
 @jit
