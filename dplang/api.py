@@ -104,20 +104,36 @@ class Function:
         return list(self.func.param_names)
 
     def __call__(self, *args, **kwargs):
+        fast = self.__dict__.get("_fast")
+        if fast is not None and not kwargs:
+            out = fast(args)
+            if out is not None:
+                return out
         args = bind_args(self.func, args, kwargs)
         vals = convert_args(self.func, args)
         results = self._run(vals)
+        return self._finish(results)
+
+    def _finish(self, results):
         return convert_results(self.func, results)
+
+    def _program(self):
+        return getattr(self, "program", None) or self.module._stage_program("optimized")
 
     def _run(self, vals):
         backend = self.module._backend
-        program = self.module._stage_program("optimized")
+        program = self._program()
         if backend == "interp":
             from dplang.backends.interp import run_func
             return run_func(program, self.key, vals)
         import importlib
         mod = importlib.import_module(f"dplang.backends.{backend}")
-        return mod.run_func(program, self.key, vals)
+        res = mod.run_func(program, self.key, vals)
+        if "_fast" not in self.__dict__ and hasattr(mod, "fast_caller"):
+            # later calls with arguments of the same kinds skip the checks above
+            # (backends/cpu: fast_caller)
+            self._fast = mod.fast_caller(program, self.key, self._finish)
+        return res
 
     # -- inspection ----------------------------------------------------------
     def ir(self, stage: str = "ssa") -> str:
@@ -213,37 +229,51 @@ def _arg_plan(func) -> list:
 def convert_args(func, args) -> list:
     """NumPy/Python values -> the parameter types, checking dtypes and shapes; a mismatch
     is a DPShapeError naming the parameter (and both sizes, for a dimension)."""
-    # fast path: every array argument is an ndarray of the parameter's dtype and rank,
-    # C-contiguous, and the named dimensions agree (what a call in a loop passes)
+    out = convert_fast(func, args)
+    return out if out is not None else _convert_slow(func, args)
+
+
+def convert_fast(func, args, layout: list | None = None) -> list | None:
+    """convert_args when every array argument is an ndarray of the parameter's dtype and
+    rank, C-contiguous, and the named dimensions agree (what a call in a loop passes),
+    and every scalar is of its type (or a Python float/int for f64/i64); else None.
+    ``layout`` gets (dtype char, rank, NumPy flag bits 0x503) per array and the type
+    per scalar (the compiled backend's dispatch key)."""
     out = []
     bound: dict = {}
     for a, p in zip(args, _arg_plan(func)):
         if type(p) is not tuple:
             if type(a) is p:
-                out.append(a)
-                continue
-            if (p is np.float64 and type(a) is float) or (p is np.int64 and type(a) is int
-                                                           and -2**63 <= a < 2**63):
-                out.append(p(a))
-                continue
-            break
-        if type(a) is not np.ndarray or a.dtype != p[0] or a.ndim != p[1] \
-                or not a.flags.c_contiguous:
-            break
+                pass
+            elif (p is np.float64 and type(a) is float) or (
+                    p is np.int64 and type(a) is int and -2**63 <= a < 2**63):
+                a = p(a)
+            else:
+                return None
+            out.append(a)
+            if layout is not None:
+                layout.append(p)
+            continue
+        if type(a) is not np.ndarray:
+            return None
+        dt = a.dtype
+        flags = a.flags.num
+        if (dt is not p[0] and dt != p[0]) or a.ndim != p[1] or not flags & 1:
+            return None                 # (bit 1: C-contiguous)
         shape = a.shape
         for ax, d in p[2]:
             if type(d) is int:
                 if shape[ax] != d:
-                    break
+                    return None
             elif bound.setdefault(d, shape[ax]) != shape[ax]:
-                break
-        else:
-            out.append(a)
-            continue
-        break
-    else:
-        if len(out) == len(func.params):
-            return out
+                return None
+        out.append(a)
+        if layout is not None:
+            layout.append((dt.char, p[1], flags & 0x503))
+    return out if len(out) == len(func.params) else None
+
+
+def _convert_slow(func, args) -> list:
     out = []
     bound = {}
     for k, (a, v) in enumerate(zip(args, func.params)):
@@ -315,19 +345,8 @@ class Derived(Function):
         self.func = program.funcs[key]
         self.structure = structure          # how flat results are grouped for the caller
 
-    def __call__(self, *args, **kwargs):
-        args = bind_args(self.func, args, kwargs)
-        vals = convert_args(self.func, args)
-        backend = self.module._backend
-        if backend == "interp":
-            from dplang.backends.interp import run_func
-            res = run_func(self.program, self.key, vals)
-        else:
-            import importlib
-            res = importlib.import_module(f"dplang.backends.{backend}").run_func(
-                self.program, self.key, vals)
-        flat = list(_flat_results(self.func, res))
-        return self.structure(flat)
+    def _finish(self, results):
+        return self.structure(list(_flat_results(self.func, results)))
 
     def ir(self, stage: str = "ad") -> str:
         from dplang.ir.printer import print_func

@@ -335,3 +335,38 @@ def test_sums_with_infinite_and_signed_zero_entries_match_numpy():
     z = np.array([[np.inf, 1.0, 2.0], [-0.0, -0.0, -0.0], [1.0, -np.inf, 3.0]])
     np.testing.assert_array_equal(cpu.g(z), z.sum(axis=1))
     assert not np.signbit(cpu.g(z)[1])
+
+
+def test_repeated_calls_take_a_short_path_that_keeps_every_check(mods, monkeypatch):
+    """After a first call, calls whose arguments have the same kinds (dtype, rank,
+    C-contiguous, writeable, matching dimensions) go straight to the compiled code
+    (backends/cpu: fast_caller); any other call takes the ordinary path."""
+    mi, mc = mods
+    v = np.arange(4.0)
+    assert mc.pair(v, v) == 14.0                    # compiles; sets up the short path
+
+    def ordinary(*a, **k):
+        raise RuntimeError("the ordinary path")
+    monkeypatch.setattr(cpu, "run_func", ordinary)
+    assert mc.pair(v, v + 1.0) == float(np.dot(v, v + 1.0))
+    with pytest.raises(RuntimeError, match="ordinary path"):
+        mc.pair(a=v, b=v)
+    ro = v.copy()
+    ro.flags.writeable = False
+    for args in ((ro, v), (np.arange(8.0)[::2], v), (np.arange(4), v)):
+        with pytest.raises(RuntimeError, match="ordinary path"):
+            mc.pair(*args)
+    monkeypatch.undo()
+    assert mc.pair(ro, v) == 14.0 and mc.pair(np.arange(8.0)[::2], v) == float(
+        np.dot(np.arange(0, 8, 2.0), v))
+    with pytest.raises(dp.DPShapeError, match="dimension n is 5"):
+        mc.pair(v, np.ones(5))
+    # an error in compiled code called by the short path is located as before
+    assert mc.g(v, 1) == 1.0
+    monkeypatch.setattr(cpu, "run_func", ordinary)
+    with pytest.raises(dp.DPError) as ec:
+        mc.g(v, 9)
+    with pytest.raises(dp.DPError) as ei:
+        mi.g(v, 9)
+    assert str(ec.value) == str(ei.value)
+    assert mc.g(v, 2) == 2.0 and mc.g(v, np.int64(3)) == 3.0

@@ -279,6 +279,48 @@ def run_func(program: Program, name_or_func, args: list) -> list:
     return [_to_result(v, t) for v, t in zip(res, func.result_types)]
 
 
+def fast_caller(program: Program, key: str, finish):
+    """The API's shortcut for later calls of ``key``: ``call(args)`` converts the
+    arguments only when they already have their parameters' kinds (api.convert_fast),
+    finds the dispatcher run_func found for the same layouts, and returns ``finish`` of
+    the results; None (take the ordinary path) whenever any of that does not apply.
+    About 5 us a call instead of 14 for six array arguments."""
+    from dplang.api import convert_fast
+    key = program.exports.get(key, key)
+    func = program.funcs[key]
+    fast = program.__dict__.setdefault("_cpu_fast", {})
+    head = (key, _func_signature(func))
+    nparams, types = len(func.params), func.result_types
+    bc = boundscheck()
+    mine: dict = {}                     # layout -> the callable, for this function
+
+    def call(args):
+        if len(args) != nparams:
+            return None
+        layout: list = []
+        vals = convert_fast(func, args, layout)
+        if vals is None:
+            return None
+        lay = tuple(layout)
+        fn = mine.get(lay)
+        if fn is None:
+            disp = fast.get(head + (bc, lay))
+            if disp is None:
+                return None
+            # a natively loaded function's C wrapper without its Python guard, which
+            # checks what the layout key already says (native._guarded)
+            fn = mine[lay] = getattr(disp, "cfunc", disp)
+        if boundscheck() != bc:
+            return None
+        try:
+            out = fn(*vals)
+        except Exception as e:
+            _replay_error(program, key, args, func, e)
+        res = list(out) if len(types) != 1 else [out]
+        return finish([_to_result(v, t) for v, t in zip(res, types)])
+    return call
+
+
 def _replay_error(program, key, args, func, e):
     """Compiled code raised: let the reference interpreter raise the located error."""
     from dplang.backends.interp import run_func as interp_run
