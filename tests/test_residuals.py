@@ -4,6 +4,8 @@ buffer: gradients and Hessian-vector products against the interpreter, finite
 differences and a NumPy forward-backward written here."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,15 @@ def nested(x: f64[n, m], k: i64) -> f64:
     for i in range(k):
         for j in range(n):
             s += smax(x[j, :] * (s * 0.1 + 1.0), 0.5)
+    return s
+
+
+def steps(x: f64[T, n, m], v: f64[m]) -> f64:
+    # each step's row weights, and a fused loop's result, go on tapes of one shape
+    s = 0.0
+    for t in range(T):
+        e = exp(x[t, :, :] * 0.5) * v
+        s += sum(smax(e, 0.7) * x[t, :, 0]) + sum(log(e * e + 1.0))
     return s
 
 
@@ -134,10 +145,11 @@ def test_hvp_against_finite_differences(mods, name):
         np.testing.assert_allclose(hv, fd, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["chain_min", "grows", "nested", "rows"])
+@pytest.mark.parametrize("name", ["chain_min", "grows", "nested", "rows", "steps"])
 def test_gradients_agree_and_pass_the_dot_product_test(mods, name):
     cpu, interp = mods
     args = {"chain_min": lambda: [rng.standard_normal((6, 3, 3)), 0.4],
+            "steps": lambda: [rng.standard_normal((4, 3, 5)), rng.standard_normal(5)],
             "grows": lambda: [rng.standard_normal(7) * 0.5],
             "nested": lambda: [rng.standard_normal((3, 4)), 3],
             "rows": lambda: [rng.standard_normal((5, 4))]}[name]()
@@ -166,3 +178,13 @@ def test_tape_kinds_in_the_generated_source(mods):
     src = g.source()
     assert "np.empty((tape_cap,) + old.shape, np.float64)" in src
     assert "tape[tape_n] = old" in src
+
+    # arrays of one shape computed by code that can write into a given array (a fused
+    # loop, a soft operator's weights along rows) are computed in their tape entry,
+    # and their push only counts
+    g = dp.grad(cpu.steps, wrt=0)
+    g(rng.standard_normal((3, 2, 4)), rng.standard_normal(4))
+    src = g.source()
+    w = re.search(r"rt_rows_smax_arg_into\(\w+, 0\.7, (\w+)\)", src)
+    assert w and re.search(rf"{w.group(1)} = (tape\w*)\[\1_n\]", src)
+    assert re.search(r"(\w+) = (tape\w*)\[\2_n\].*\n(.*\n)+?\s+rt_put2\(\1, i0, i1, ", src)

@@ -770,15 +770,16 @@ class FuncGen:
     def _plan_dests(self) -> dict:
         """{array: its tape_push} for arrays that can be computed straight into their
         entry of a tape of one shape (array_tape_op): outputs of a fused loop and the
-        weights of a column soft operator, pushed in their region with no other use of
-        the tape in between, and that nothing writes afterwards."""
+        weights of an entropy soft operator (along rows or columns, in x's layout),
+        pushed in their region with no other use of the tape in between, and that
+        nothing writes afterwards."""
         made = {}                           # array -> the op where its code is emitted
         for g in self.fused.values():
             for r in g.outputs:
                 made[r] = g.ops[-1]
         for op in self.func.walk():
-            if op.name in self.COLS_OFFSET and op.name != "smax" and \
-                    self.cols_fit(op, op.operands[0]):
+            if op.name in self.WEIGHTS and (self.cols_fit(op, op.operands[0])
+                                            or self.rows_fit(op, op.operands[0])):
                 made[op.results[-1]] = op
         out = {}
         for push in self.func.walk():
@@ -1649,6 +1650,29 @@ class FuncGen:
         z = self.tmp(ind, op, "z", f"np.ascontiguousarray({src}).reshape(({_prod(rd)}, {_prod(kd)}))")
         return z, kd, "None", f"{xs}.shape"
 
+    # soft operators whose (last) result is the weights
+    WEIGHTS = ("smax_arg", "smin_arg", "softmax", "sargmax", "sargmin")
+
+    def rows_fit(self, op, x: Value) -> bool:
+        """``op`` (entropy) reduces over x's trailing axes: its rows are x's own."""
+        if op.attrs.get("reg", "entropy") != "entropy" or not isinstance(x.type, T.Array):
+            return False
+        nd = x.type.ndim
+        axes = norm_axes(op.attrs.get("axis", -1), nd, op.name)
+        return list(axes) == list(range(nd - len(axes), nd))
+
+    def rows_weights(self, op, ind, helper, z: str, gamma: str, perm):
+        """The call of ``rt_rows_<helper>_into`` writing the weights into their tape
+        entry (take_dest), and the entry's name; (None, None) when they have none."""
+        x = op.operands[0]
+        if perm != list(range(x.type.ndim)) or not self.rows_fit(op, x):
+            return None, None
+        dest = self.take_dest(op.results[-1], ind, op, f"{self.ref(x)}.shape")
+        if dest is None:
+            return None, None
+        d = dest if x.type.ndim == 2 else f"{dest}.reshape({z}.shape)"
+        return f"{self.mod.helper(f'rt_rows_{helper}_into')}({z}, {gamma}, {d})", dest
+
     def cols_fit(self, op, x: Value) -> bool:
         """``op`` (entropy) reduces over x's leading axes and keeps others."""
         if op.attrs.get("reg", "entropy") != "entropy" or not isinstance(x.type, T.Array):
@@ -1679,6 +1703,13 @@ class FuncGen:
             self.natural = "f64"
             return q if dest is not None else f"{q}.reshape({c[3]})"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), negate)
+        if cols_helper is not None:
+            g = self._gamma(op.operands[1]) if len(op.operands) > 1 else "1.0"
+            call, dest = self.rows_weights(op, ind, cols_helper, z, g, perm)
+            if dest is not None:
+                self.line(ind, call, op)
+                self.natural = "f64"
+                return dest
         q = self.tmp(ind, op, "q", helper_call(z))
         self.natural = "f64"
         return self.from_rows(q, x, perm)
@@ -1720,23 +1751,18 @@ class FuncGen:
     def p_onehot_argmax(self, op, ind): return self._onehot(op, ind, False)
     def p_onehot_argmin(self, op, ind): return self._onehot(op, ind, True)
 
-    def _smax_call(self, op, ind, helper, sign):
-        """(the call of row helper ``rt_rows_<helper>`` on x's rows, perm, kept dims, x's
-        shape) for smax-like ``op`` (x, gamma); ``rt_cols_<helper>`` down x's columns
-        (perm None) when it reduces leading axes (cols_of)."""
+    def _smax(self, op, ind, sign):
+        """smax/smin of x: ``rt_rows_smax`` on x's rows, or ``rt_cols_smax`` down its
+        columns when it reduces leading axes (cols_of)."""
         x, gamma = op.operands
         g = self._gamma(gamma)
         c = self.cols_of(op, ind, x, sign < 0)
         if c is not None:
-            return f"{self.mod.helper('rt_cols_' + helper)}({c[0]}, {c[2]}, {g})", \
-                None, c[1], c[3]
-        l2 = op.attrs.get("reg", "entropy") == "l2"
-        z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
-        return f"{self.mod.helper('rt_rows_' + helper)}({z}, {g}, {l2})", \
-            perm, kd, f"{self.ref(x)}.shape"
-
-    def _smax(self, op, ind, sign):
-        e, perm, kd, _ = self._smax_call(op, ind, "smax", sign)
+            e, kd = f"{self.mod.helper('rt_cols_smax')}({c[0]}, {c[2]}, {g})", c[1]
+        else:
+            l2 = op.attrs.get("reg", "entropy") == "l2"
+            z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
+            e = f"{self.mod.helper('rt_rows_smax')}({z}, {g}, {l2})"
         if sign < 0:
             e = f"-{e}"
         self.natural = "f64"
@@ -1748,23 +1774,30 @@ class FuncGen:
     def p_smin(self, op, ind): return self._smax(op, ind, -1)
 
     def _smax_arg(self, op, ind, sign):
-        """(smax, sargmax) from one rt_rows_smax_arg call (reverse mode's residual form)."""
+        """(smax, sargmax) from one rt_rows/cols_smax_arg call (reverse mode's residual
+        form); with the ``_into`` form when the weights go on a tape (take_dest)."""
         x = op.operands[0]
+        g = self._gamma(op.operands[1])
         c = self.cols_of(op, ind, x, sign < 0)
-        call, dest = self.cols_weights(op, ind, "smax_arg", c, self._gamma(op.operands[1])) \
-            if c is not None else (None, None)
+        if c is not None:
+            call, dest = self.cols_weights(op, ind, "smax_arg", c, g)
+            perm, kd, shape = None, c[1], c[3]
+        else:
+            z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), sign < 0)
+            call, dest = self.rows_weights(op, ind, "smax_arg", z, g, perm)
+            l2 = op.attrs.get("reg", "entropy") == "l2"
+            call = call or f"{self.mod.helper('rt_rows_smax_arg')}({z}, {g}, {l2})"
+            shape = f"{self.ref(x)}.shape"
         if dest is not None:            # the weights are in their tape entry
             v = self.tmp(ind, op, "v", call)
-            self.line(ind, f"{self.ref(op.results[0])} = {v}.reshape({_shape_tuple(c[1])})", op)
-            return
-        e, perm, kd, shape = (call, None, c[1], c[3]) if c is not None else \
-            self._smax_call(op, ind, "smax_arg", sign)
-        v, q = self.fresh("v"), self.fresh("q")
-        self.line(ind, f"{v}, {q} = {e}", op)
+        else:
+            v, q = self.fresh("v"), self.fresh("q")
+            self.line(ind, f"{v}, {q} = {call}", op)
         val = f"{v}[0]" if not kd else f"{v}.reshape({_shape_tuple(kd)})"
         self.line(ind, f"{self.ref(op.results[0])} = {'-' if sign < 0 else ''}{val}", op)
-        qx = f"{q}.reshape({shape})" if perm is None else self.from_rows(q, x, perm)
-        self.line(ind, f"{self.ref(op.results[1])} = {qx}", op)
+        if dest is None:
+            qx = f"{q}.reshape({shape})" if perm is None else self.from_rows(q, x, perm)
+            self.line(ind, f"{self.ref(op.results[1])} = {qx}", op)
 
     def p_smax_arg(self, op, ind): return self._smax_arg(op, ind, 1)
     def p_smin_arg(self, op, ind): return self._smax_arg(op, ind, -1)

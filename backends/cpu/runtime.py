@@ -236,7 +236,7 @@ def rt_softplus_a(x):
 
 
 # ---------------------------------------------------------------- 1-D reductions
-@jit
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def rt_pwblock(a, lo, n):
     """NumPy's pairwise sum of a block ``a[lo:lo + n]``, ``n <= 128``: sequential below
     8 entries, else 8 accumulators."""
@@ -430,37 +430,21 @@ def rt_norm1(a):
 # ---------------------------------------------------------------- row / column reductions
 @jit
 def rt_rows_sum(z):
-    # on the flat array: a row view per row costs more than a short row's sum; short
-    # rows call rt_pwblock directly (through rt_pw, which LLVM does not inline, 2048
-    # rows of 8 took 46 us instead of 11)
+    # on the flat array: a row view per row costs more than a short row's sum.
+    # rt_pwblock is inlined by Numba (LLVM did not inline it, and through calls 2048
+    # rows of 8 took 46 us instead of 11; inlined, the out-of-order core also overlaps
+    # the rows)
     n, m = z.shape
     out = np.zeros(n, z.dtype)
     if m == 0:
         return out
-    if 8 <= m <= 128:
-        # rt_pwblock's order written out in the row loop: the out-of-order core then
-        # overlaps the rows (32 rows of 32: 0.35 us, against 0.54 through calls)
-        top = m - (m % 8)
-        for r in range(n):
-            r0, r1, r2, r3 = z[r, 0], z[r, 1], z[r, 2], z[r, 3]
-            r4, r5, r6, r7 = z[r, 4], z[r, 5], z[r, 6], z[r, 7]
-            for i in range(8, top, 8):
-                r0 += z[r, i]
-                r1 += z[r, i + 1]
-                r2 += z[r, i + 2]
-                r3 += z[r, i + 3]
-                r4 += z[r, i + 4]
-                r5 += z[r, i + 5]
-                r6 += z[r, i + 6]
-                r7 += z[r, i + 7]
-            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-            for i in range(top, m):
-                res += z[r, i]
-            out[r] = res
-        return out
     zf = z.ravel()
-    for r in range(n):
-        out[r] = rt_pwblock(zf, r * m, m) if m <= 128 else rt_pw(zf, r * m, m)
+    if m <= 128:
+        for r in range(n):
+            out[r] = rt_pwblock(zf, r * m, m)
+    else:
+        for r in range(n):
+            out[r] = rt_pw(zf, r * m, m)
     return out
 
 
@@ -1197,16 +1181,25 @@ def rt_rows_entropy(z, gamma, value, w):
 
 
 @jit
+def rt_rows_softmax_into(z, gamma, q):
+    """softmax (entropy) of each row of z / gamma, into q (z's shape: a tape's entry,
+    backend_cpu.md "Tapes")."""
+    rt_check_gamma(gamma)
+    if q.shape != z.shape:
+        raise ValueError("soft operator: the weights' destination has the wrong shape")
+    rt_rows_entropy(z, gamma, np.empty(z.shape[0], np.float64), q)
+    return q
+
+
+@jit
 def rt_rows_softmax(z, gamma, l2):
     """softmax (entropy) or sparsemax (l2) of each row of z / gamma."""
-    rt_check_gamma(gamma)
     out = np.empty(z.shape, np.float64)
-    n, k = z.shape
-    if l2:
-        for r in range(n):
-            out[r] = rt_sparsemax1(z[r], gamma)
-        return out
-    rt_rows_entropy(z, gamma, np.empty(n, np.float64), out)
+    if not l2:
+        return rt_rows_softmax_into(z, gamma, out)
+    rt_check_gamma(gamma)
+    for r in range(z.shape[0]):
+        out[r] = rt_sparsemax1(z[r], gamma)
     return out
 
 
@@ -1223,16 +1216,25 @@ def rt_rows_smax(z, gamma, l2):
 
 
 @jit
+def rt_rows_smax_arg_into(z, gamma, q):
+    """rt_rows_smax (entropy) of z, with rt_rows_softmax's weights written into q (z's
+    shape), from one pass."""
+    rt_check_gamma(gamma)
+    if q.shape != z.shape:
+        raise ValueError("soft operator: the weights' destination has the wrong shape")
+    out = np.empty(z.shape[0], np.float64)
+    rt_rows_entropy(z, gamma, out, q)
+    return out
+
+
+@jit
 def rt_rows_smax_arg(z, gamma, l2):
     """(rt_rows_smax, rt_rows_softmax) of z from one pass (entropy; l2 from the
     sparsemax weights)."""
     if l2:
         return rt_rows_smax(z, gamma, l2), rt_rows_softmax(z, gamma, l2)
-    rt_check_gamma(gamma)
-    out = np.empty(z.shape[0], np.float64)
     q = np.empty(z.shape, np.float64)
-    rt_rows_entropy(z, gamma, out, q)
-    return out, q
+    return rt_rows_smax_arg_into(z, gamma, q), q
 
 
 @jit
