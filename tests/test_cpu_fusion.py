@@ -99,6 +99,25 @@ def sums3(x: f64[a, n, m]) -> (f64[a, n], f64[n, m], f64[a, n, m]):
     w = u * 3.0
     return sum(u, axis=2), sum(w, axis=0), u
 
+# outputs written into the buffer of a product that dies in the loop, or not
+def reuse(A: f64[n, k], B: f64[k, m]) -> (f64[n, m], f64[n, m]):
+    P = A @ B
+    u = exp(P * 0.5)
+    v = u * P
+    return u, v
+
+def kept(A: f64[n, k], B: f64[k, m]) -> f64:
+    P = A @ B
+    u = exp(P) * 2.0
+    return sum(u) + P[0, 1]
+
+def looped(A: f64[n, k], B: f64[k, m]) -> f64:
+    P = A @ B
+    s = 0.0
+    for t in range(3):
+        s += sum(exp(P * 0.1) * t)
+    return s
+
 # a value of the view's rank that broadcasts (k: f64[1, m]) into it
 def spread(x: f64[n, m], k: f64[1, m]) -> f64[n, m]:
     A = x * 1.0
@@ -145,7 +164,11 @@ def test_the_mlp_layer_is_one_loop(mods):
     assert ("rt_fmm22_nt(X, W)" in src) == _blas_available()
     assert "Z = rt_tanh(" in src and "rt_tanh_a" not in src
     assert src.count("raise ValueError('elementwise operands") == 1
-    assert "np.empty(" in src and "Z = np.empty" not in src and "R = np.empty" not in src
+    assert "Z = np.empty" not in src and "R = np.empty" not in src
+    # the squared residuals go into the product's buffer (nothing else reads it)
+    import re
+    prod = re.search(r"(\w+) = rt_f?mm22\w*\(X, ", src).group(1)
+    assert re.search(rf"\n\s+\w+ = {prod}\s+#", src) and "np.empty(" not in src
     assert "for i1 in range(n1):" in src
     compile(src, "<generated>", "exec")
 
@@ -321,3 +344,24 @@ def test_sums_of_a_loop_result_are_done_in_the_loop(mods, m):
     for a, b in zip(dp.vjp(cpu.rowsum, wrt=(0, 1))(x, y, ct),
                     dp.vjp(interp.rowsum, wrt=(0, 1))(x, y, ct)):
         np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_an_output_takes_the_buffer_of_an_operand_that_dies(mods):
+    """A loop's output may be written into the buffer of a new operand of its shape that
+    nothing else reads, when every element is read before it is overwritten."""
+    import re
+    cpu, _ = mods
+    A, B = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    P = A @ B
+    u, v = cpu.reuse(A, B)
+    np.testing.assert_allclose(u, np.exp(P * 0.5), rtol=1e-14)
+    np.testing.assert_allclose(v, np.exp(P * 0.5) * P, rtol=1e-14)
+    assert not np.shares_memory(u, v)
+    src = cpu.reuse.source()
+    prod = re.search(r"(\w+) = rt_f?mm22\w*\(A, B\)", src).group(1)
+    # u's op reads P before v's op does: only v (the last reader) takes P's buffer
+    assert re.search(rf"\bv = {prod}\s+#", src) and re.search(r"\bu = np.empty", src)
+    assert cpu.kept(A, B) == pytest.approx(np.sum(np.exp(P) * 2.0) + P[0, 1], rel=1e-14)
+    assert re.search(r"\w+ = np.empty", cpu.kept.source())      # P is read later
+    ref = sum(np.sum(np.exp(P * 0.1) * t) for t in range(3))
+    assert cpu.looped(A, B) == pytest.approx(ref, rel=1e-14)     # P is read every step
