@@ -99,6 +99,17 @@ def sums3(x: f64[a, n, m]) -> (f64[a, n], f64[n, m], f64[a, n, m]):
     w = u * 3.0
     return sum(u, axis=2), sum(w, axis=0), u
 
+# a user's A[t] += u reads the view it writes: the loop still writes it itself; a
+# read of another row of A keeps the write after the loop
+def accum(x: f64[T, n, m], w: f64[n, m]) -> f64[T, n, m]:
+    A = zeros((T, n, m))
+    for t in range(T):
+        A[t, :, :] += w * x[t, :, :]
+        A[t] += exp(x[t])
+        if t > 0:
+            A[t] += A[t - 1] * 0.5 + x[t]
+    return A
+
 # outputs written into the buffer of a product that dies in the loop, or not
 def reuse(A: f64[n, k], B: f64[k, m]) -> (f64[n, m], f64[n, m]):
     P = A @ B
@@ -341,8 +352,8 @@ def test_sums_of_a_loop_result_are_done_in_the_loop(mods, m):
     assert "np.empty((n0, n1)" not in cpu.rowsum.source()     # x * y + 1 is no array
     # gradients through the fused sums
     ct = rng.standard_normal(n)
-    for a, b in zip(dp.vjp(cpu.rowsum, wrt=(0, 1))(x, y, ct),
-                    dp.vjp(interp.rowsum, wrt=(0, 1))(x, y, ct)):
+    for a, b in zip(_flat(dp.vjp(cpu.rowsum, wrt=(0, 1))(x, y, ct)),
+                    _flat(dp.vjp(interp.rowsum, wrt=(0, 1))(x, y, ct))):
         np.testing.assert_allclose(a, b, rtol=1e-13)
 
 
@@ -365,3 +376,24 @@ def test_an_output_takes_the_buffer_of_an_operand_that_dies(mods):
     assert re.search(r"\w+ = np.empty", cpu.kept.source())      # P is read later
     ref = sum(np.sum(np.exp(P * 0.1) * t) for t in range(3))
     assert cpu.looped(A, B) == pytest.approx(ref, rel=1e-14)     # P is read every step
+
+
+def test_a_users_accumulation_into_a_row_happens_in_the_loop(mods):
+    import re
+    cpu, interp = mods
+    x, w = rng.standard_normal((4, 3, 5)), rng.standard_normal((3, 5))
+    ref = np.zeros((4, 3, 5))
+    for t in range(4):
+        ref[t] += w * x[t]
+        ref[t] += np.exp(x[t])
+        if t > 0:
+            ref[t] += ref[t - 1] * 0.5 + x[t]
+    np.testing.assert_allclose(cpu.accum(x, w), ref, rtol=1e-14)
+    np.testing.assert_allclose(interp.accum(x, w), ref, rtol=1e-14)
+    src = cpu.accum.source()
+    assert len(re.findall(r"rt_put2\(A\w*_v\w*, i0, i1, ", src)) == 2
+    assert src.count("rt_set_into2(") == 1          # the row that reads A[t - 1]
+    ct = rng.standard_normal(ref.shape)
+    for a, b in zip(_flat(dp.vjp(cpu.accum, wrt=(0, 1))(x, w, ct)),
+                    _flat(dp.vjp(interp.accum, wrt=(0, 1))(x, w, ct))):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -201,6 +201,15 @@ def _may_view(v: Value, x: Value) -> bool:
         v = o.operands[0]
 
 
+def _same_view(y: Value, u: Op) -> bool:
+    """``y`` is ``x[idx]`` for the table ``x`` and the indices that write ``u`` uses."""
+    o = y.owner
+    return isinstance(o, Op) and o.name == "getitem" and o.operands[0] is u.operands[0] \
+        and list(o.operands[1:]) == list(u.operands[2:]) \
+        and (o.attrs.get("index") or ("i",) * (len(o.operands) - 1)) \
+        == (u.attrs.get("index") or ("i",) * len(u.operands[2:]))
+
+
 def _write_through(gen, run: list, users: dict) -> list:
     """The in-place ``A[i, :] = r`` / ``A[i, :] += r`` (setitem/scatter_add of a result
     ``r`` of the group over a view of the loop's shape, integer indices and whole
@@ -214,9 +223,11 @@ def _write_through(gen, run: list, users: dict) -> list:
     pos = {id(o): k for k, o in enumerate(region.ops)}
     end = pos[id(run[-1])]
     made = {op.results[0] for op in run}
-    reads = [x for op in run for x in _reads(op) if isinstance(x.type, T.Array)]
+    rank = len(run[0].results[0].type.shape)
+    reads = [(k, j, x) for k, op in enumerate(run) for j, x in enumerate(_reads(op))
+             if isinstance(x.type, T.Array)]
     out = []
-    for op in run:
+    for at, op in enumerate(run):
         r = op.results[0]
         for u in users.get(r, ()):
             if u.name not in ("setitem", "scatter_add") or u.parent is not region or \
@@ -234,7 +245,13 @@ def _write_through(gen, run: list, users: dict) -> list:
                     if e != "i"][:len(r.type.shape)]
             if not all(T.dims_equal(a, b) for a, b in zip(view, r.type.shape)):
                 continue
-            if any(_may_view(y, x) for y in reads):
+            # the group may read the view it writes (``A[t] += w``: each element is read
+            # before it is written), element by element at the loop's index, in ops up
+            # to the one that makes the value written; any other view of A ends it
+            if any(_may_view(y, x) and not (
+                    _same_view(y, u) and k <= at and tuple(y.type.shape) == tuple(r.type.shape)
+                    and _read_dims(run[k], j, rank) == list(range(rank)))
+                   for k, j, y in reads):
                 continue
             k = pos.get(id(u))
             if k is None or k <= end:
