@@ -173,6 +173,8 @@ def test_the_mlp_layer_is_one_loop(mods):
     # (nothing else uses them)
     from dplang.backends.cpu.codegen import _blas_available
     assert ("rt_fmm22_nt(X, W)" in src) == _blas_available()
+    # (and W.T itself is then not made: BLAS is its only reader)
+    assert ("np.transpose(W)" in src) != _blas_available()
     assert "Z = rt_tanh(" in src and "rt_tanh_a" not in src
     assert src.count("raise ValueError('elementwise operands") == 1
     assert "Z = np.empty" not in src and "R = np.empty" not in src

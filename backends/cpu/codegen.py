@@ -408,6 +408,10 @@ class FuncGen:
         self.fused_ops = {op for g in self.fused.values() for op in g.ops + g.writes + g.sums}
         # arrays computed straight into their tape entry (take_dest)
         self.dest_cands = self._plan_dests()
+        # transposes that only matrix products read, in place (p_matmul): not emitted
+        self.absorbed |= {op for op in func.walk() if op.name == "transpose" and all(
+            self._blas_reads_transposed(u, op.results[0])
+            for u in self.users.get(op.results[0], ())) and self.users.get(op.results[0])}
         self.dest_taken: set = set()
 
     # -- naming ------------------------------------------------------------------
@@ -1314,8 +1318,7 @@ class FuncGen:
         A, B = self.val(a, wdt), self.val(b, wdt)
         na, nb = a.type.ndim, b.type.ndim
         if na <= 2 and nb <= 2:
-            blas = wdt in ("f64", "f32") and (na, nb) in ((2, 2), (2, 1), (1, 2)) \
-                and _blas_available() and not self.mod.standalone
+            blas = self._blas(op) is not None
             if blas:
                 # a transposed matrix operand goes to BLAS as it is stored (BLAS reads
                 # it transposed): no strided copy
@@ -1351,6 +1354,21 @@ class FuncGen:
         return f"{R3}.reshape({shape})"
 
     p_dot = p_matmul
+
+    def _blas(self, op: Op) -> str | None:
+        """The dtype in which matrix product ``op`` goes to BLAS, or None."""
+        a, b = op.operands
+        dt = op.results[0].type.dtype
+        wdt = "i64" if dt == "bool" else dt
+        if wdt in ("f64", "f32") and (a.type.ndim, b.type.ndim) in ((2, 2), (2, 1), (1, 2)) \
+                and _blas_available() and not self.mod.standalone:
+            return wdt
+        return None
+
+    def _blas_reads_transposed(self, u: Op, v: Value) -> bool:
+        """Matrix product ``u`` hands BLAS the matrix that ``v`` transposes."""
+        wdt = self._blas(u) if u.name in ("matmul", "dot") else None
+        return wdt is not None and self._transposed(v, wdt) is not None
 
     def _transposed(self, v: Value, dtype: str):
         """The text of ``x`` when ``v`` is ``transpose(x)`` of a 2-D ``x`` of ``dtype``."""
