@@ -738,6 +738,8 @@ class FuncGen:
         t = self.ref(tape)
         sized = bool(tape.owner.operands) if isinstance(tape.owner, Op) else False
         steal = self.tape_steals(tape)
+        if self.shape_tape(tape):
+            return self.shape_tape_op(op, ind, tape, elem)
         if self.fixed_tape(tape) and (not steal or any(
                 u.operands[1] in self.dest_cands for u in self.users.get(tape, ())
                 if u.name == "tape_push")):
@@ -787,7 +789,8 @@ class FuncGen:
                 made[op.results[-1]] = op
         out = {}
         for push in self.func.walk():
-            if push.name != "tape_push" or not self.fixed_tape(push.operands[0]):
+            if push.name != "tape_push" or not self.fixed_tape(push.operands[0]) \
+                    or self.shape_tape(push.operands[0]):
                 continue
             tape, x = push.operands[:2]
             at = made.get(x)
@@ -799,6 +802,41 @@ class FuncGen:
                 continue
             out[x] = push
         return out
+
+    # ops that read only the shape (and dtype) of their operand at these positions
+    SHAPE_READERS = {"broadcast_to": 1, "zeros_like": 0, "ones_like": 0, "full_like": 0,
+                     "dim": 0}
+
+    def shape_tape(self, tape: Value) -> bool:
+        """A tape of arrays with a capacity whose popped arrays only give shapes (the
+        cotangent of ``sum(x)`` is ``broadcast_to(ct, x)``): it keeps the shapes, not
+        the arrays."""
+        if not (isinstance(tape.type.elem, T.Array) and isinstance(tape.owner, Op)
+                and tape.owner.operands):
+            return False
+        pops = [u.results[0] for u in self.users.get(tape, ()) if u.name == "tape_pop"]
+        return bool(pops) and all(
+            self.SHAPE_READERS.get(u.name) is not None
+            and [k for k, v in enumerate(u.operands) if v is x] == [self.SHAPE_READERS[u.name]]
+            for x in pops for u in self.users.get(x, ()))
+
+    def shape_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
+        """shape_tape's tape: one row of dimensions per entry; a pop is an uninitialised
+        array of the shape (only its shape is read)."""
+        t, n = self.ref(tape), self.tape_count(tape)
+        if op.name == "tape_new":
+            self.line(ind, f"{t} = np.empty((max({self.ref(op.operands[0])}, 1), "
+                           f"{max(elem.ndim, 1)}), np.int64)", op)
+            return self.line(ind, f"{n} = 0", op)
+        if op.name == "tape_push":
+            x = self.ref(op.operands[1])
+            for a in range(elem.ndim):
+                self.line(ind, f"{t}[{n}, {a}] = {x}.shape[{a}]", op)
+            return self.line(ind, f"{n} += 1", op)
+        self.line(ind, f"{n} -= 1", op)
+        dims = _shape_tuple([f"{t}[{n}, {a}]" for a in range(elem.ndim)])
+        return self.line(ind, f"{self.ref(op.results[0])} = np.empty({dims}, "
+                              f"{NPDT[elem.dtype]})", op)
 
     def fixed_tape(self, tape: Value) -> bool:
         """A tape of arrays whose shape the types fix, with a capacity."""
