@@ -371,14 +371,15 @@ def emit(gen, g: Group, ind: int):
         gen.line(ind, f"if {' or '.join(tests)}:", first)
         gen.line(ind + 1, "raise ValueError('elementwise operands could not be broadcast "
                           "together')", first)
-    shape = "(" + ", ".join(ns) + ("," if rank == 1 else "") + ")"
+    shape = _tuple(ns)
     for op in g.ops:
         r = op.results[0]
         if r in g.outputs:
             if gen.take_dest(r, ind, op, shape) is not None:    # its tape entry
                 continue
-            x = g.reuse.get(r)
-            gen.line(ind, f"{gen.ref(r)} = {gen.ref(x) if x is not None else f'np.empty({shape}, np.float64)'}", op)
+            x = g.reuse.get(r)          # (else an operand's buffer, or a new array)
+            new = f"np.empty({shape}, np.float64)"
+            gen.line(ind, f"{gen.ref(r)} = {gen.ref(x) if x is not None else new}", op)
     # sums over the first axis add each element into their result; sums over the last
     # one add a row in order in a local (rows of up to 128 entries: NumPy's pairwise
     # order would need eight accumulators, and this is as accurate for such rows), and
@@ -392,7 +393,8 @@ def emit(gen, g: Group, ind: int):
         if sum_axis(u, rank) == "rows":
             rowsum[u] = gen.fresh(s + "_s"), gen.fresh(s + "_long"), gen.fresh(s + "_row")
             gen.line(ind, f"{rowsum[u][1]} = {ns[-1]} > 128", u)
-            gen.line(ind, f"{rowsum[u][2]} = np.empty({ns[-1]} if {rowsum[u][1]} else 0, np.float64)", u)
+            gen.line(ind, f"{rowsum[u][2]} = np.empty({ns[-1]} if {rowsum[u][1]} else 0, "
+                          f"np.float64)", u)
     for a in range(rank):
         if a == rank - 1:
             for u, (s, _, _) in rowsum.items():
