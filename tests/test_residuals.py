@@ -188,6 +188,10 @@ def test_tape_kinds_in_the_generated_source(mods):
     w = re.search(r"rt_rows_smax_arg_into\(\w+, 0\.7, (\w+)\)", src)
     assert w and re.search(rf"{w.group(1)} = (tape\w*)\[\1_n\]", src)
     assert re.search(r"(\w+) = (tape\w*)\[\2_n\].*\n(.*\n)+?\s+rt_put2\(\1, i0, i1, ", src)
+    # exp(x[t] * 0.5) * v is one loop although reverse mode tapes both results between
+    # the two ops: the pushes follow the loop
+    fwd = src.split("for t_1 in")[0]
+    assert re.search(r"(\w+) = rt_exp\(\w+\)(.*\n)+?.*rt_put2\(e\w*, i0, i1, \1 \* ", fwd)
     # the arrays whose sums are taken only give their shapes to the reverse sweep: their
     # tape keeps the shapes
     shapes = re.search(r"(tape\w*) = np.empty\(\(max\(\w+, 1\), 1\), np.int64\)", src)

@@ -405,7 +405,8 @@ class FuncGen:
         self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
         self.fused = fusion.plan(self) if fusion.enabled() else {}
-        self.fused_ops = {op for g in self.fused.values() for op in g.ops + g.writes + g.sums}
+        self.fused_ops = {op for g in self.fused.values()
+                          for op in g.ops + g.writes + g.sums + g.pushes}
         # arrays computed straight into their tape entry (take_dest)
         self.dest_cands = self._plan_dests()
         # transposes that only matrix products read, in place (p_matmul): not emitted

@@ -65,6 +65,7 @@ class Group:
     writes: list = field(default_factory=list)  # in-place writes of results done in the loop
     sums: list = field(default_factory=list)    # sums of results over one axis done in it
     reuse: dict = field(default_factory=dict)   # output -> the operand whose buffer it takes
+    pushes: list = field(default_factory=list)  # tape pushes of results, done after the loop
 
 
 def _is_two(v: Value) -> bool:
@@ -138,7 +139,7 @@ def plan(gen) -> dict:
             users.setdefault(v, []).append(o)
     groups: dict = {}
 
-    def close(run):
+    def close(run, pushes=()):
         if len(run) < 2:
             return
         members = set(run)
@@ -162,6 +163,7 @@ def plan(gen) -> dict:
             if any(u not in members for u in users.get(r, ())):
                 g.outputs.add(r)
         g.reuse = _reuse(gen, g, users, groups)
+        g.pushes = list(pushes)
         groups[run[-1]] = g
 
     def ok(op: Op) -> bool:         # (and an op the code generator knows unfused)
@@ -169,6 +171,7 @@ def plan(gen) -> dict:
 
     def walk(region: Region):
         run: list = []
+        pushes: list = []
         for op in region.ops:
             for reg in op.regions:
                 walk(reg)
@@ -180,9 +183,15 @@ def plan(gen) -> dict:
                 continue
             if run and _scalar_only(op):
                 continue                # stays where it is; the run goes on
-            close(run)
-            run = [op] if ok(op) else []
-        close(run)
+            if run and op.name == "tape_push" and isinstance(op.operands[1].type, T.Array) \
+                    and any(op.operands[1] is o.results[0] for o in run):
+                # reverse mode tapes a result of the run: the run goes on, and the push
+                # follows the loop (the loop may compute the result into its entry)
+                pushes.append(op)
+                continue
+            close(run, pushes)
+            run, pushes = ([op] if ok(op) else []), []
+        close(run, pushes)
     walk(gen.func.body)
     return groups
 
@@ -442,6 +451,8 @@ def emit(gen, g: Group, ind: int):
     for u, (s, long, row) in rowsum.items():
         total = f"{gen.mod.helper('rt_psum')}({row}) if {long} else {s}"
         gen.line(body - 1, store(gen, u.results[0], ", ".join(iv[:-1]), total, rank - 1), u)
+    for p in g.pushes:              # (a result computed into its tape entry: a count)
+        gen.op(p, ind)
 
 
 def _tuple(dims: list) -> str:
