@@ -130,6 +130,17 @@ def test_column_kernels_at_inf_and_nan(mods):
         c, i = getattr(cpu, f)(*args), getattr(interp, f)(*args)
         np.testing.assert_array_equal(np.isnan(c), np.isnan(i))
         np.testing.assert_allclose(c, i, rtol=1e-14)
+    # a NaN after an infinite entry: NaN, as a row with a NaN (with v, also from inf - inf)
+    B = A.copy()
+    B[0, 0], B[2, 0] = np.inf, np.nan
+    vb = v.copy()
+    vb[1] = np.inf                          # + inf in row 1: inf or NaN in every column
+    for f, args in (("colsoft", (B, v, 0.5)), ("weights", (B, v)), ("colsoft", (A, vb, 2.0)),
+                    ("weights", (A, vb))):
+        c, i = getattr(cpu, f)(*args), getattr(interp, f)(*args)
+        np.testing.assert_array_equal(np.isnan(c), np.isnan(i))
+        np.testing.assert_allclose(c, i, rtol=1e-14)
+    assert np.isnan(cpu.colsoft(B, v, 0.5)[0]) and np.all(np.isnan(cpu.weights(B, v)[:, 0]))
     s = cpu.soft(A, np.zeros(6), 0.5)
     assert s[1] == -np.inf and s[2] == np.inf and np.isnan(s[3]) and np.isnan(s[4])
     assert s[5] == pytest.approx(A[0, 5], rel=1e-15)

@@ -1249,7 +1249,9 @@ def rt_cols_entropy(z, off, gamma, value, w, full):
     algorithm step, ``theta[t] + alpha[:, None]``, never materialised).  ``value`` gets
     one entry per column; with ``full`` the weights go into ``w`` (z's shape).  Sums run
     down each column in row order, as NumPy sums over axis 0.  Columns whose maximum is
-    not finite (or that start with a NaN) get what rt_rows_entropy gives such a row."""
+    not finite (a NaN first, an infinite entry) get what rt_rows_entropy gives such a
+    row: NaN when any entry is NaN (a NaN after a finite maximum already makes the sum
+    NaN), else the maximum and its ties."""
     n, k = z.shape
     if off is not None and off.shape[0] != n:
         raise ValueError("elementwise operands could not be broadcast together")
@@ -1301,12 +1303,16 @@ def rt_cols_entropy(z, off, gamma, value, w, full):
                 w[r, j] = w[r, j] * s[j]
     for j in range(k):
         if not np.isfinite(m[j]):
-            value[j] = m[j]
+            # as rt_rows_entropy does such a row: NaN anywhere gives NaN, else the
+            # infinite maximum with the weight spread over its ties
+            col = np.empty(n, np.float64)
+            bad = False
+            for r in range(n):
+                col[r] = z[r, j] + (-0.0 if off is None else off[r])
+                bad = bad or col[r] != col[r]
+            value[j] = np.nan if bad else m[j]
             if full:
-                col = np.empty(n, np.float64)
-                for r in range(n):
-                    col[r] = z[r, j] + (-0.0 if off is None else off[r])
-                w[:, j] = rt_ties(col, m[j])
+                w[:, j] = rt_ties(col, np.nan if bad else m[j])
 
 
 # The column kernels' entry points.  ``off`` as in rt_cols_entropy; the ``_into`` forms
