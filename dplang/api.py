@@ -117,12 +117,12 @@ class Function:
     def _finish(self, results):
         return convert_results(self.func, results)
 
-    def _program(self):
+    def _staged(self):
         return getattr(self, "program", None) or self.module._stage_program("optimized")
 
     def _run(self, vals):
         backend = self.module._backend
-        program = self._program()
+        program = self._staged()
         if backend == "interp":
             from dplang.backends.interp import run_func
             return run_func(program, self.key, vals)

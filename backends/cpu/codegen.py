@@ -1753,15 +1753,14 @@ class FuncGen:
     def _soft_map(self, op, ind, helper_call, negate=False, cols_helper=None):
         x = op.operands[0]
         c = self.cols_of(op, ind, x, negate) if cols_helper is not None else None
+        g = self._gamma(op.operands[1]) if len(op.operands) > 1 else "1.0"
         if c is not None:
-            g = self._gamma(op.operands[1]) if len(op.operands) > 1 else "1.0"
             call, dest = self.cols_weights(op, ind, cols_helper, c, g)
             q = self.tmp(ind, op, "q", call)
             self.natural = "f64"
             return q if dest is not None else f"{q}.reshape({c[3]})"
         z, axes, perm, kd = self.rows_of(op, ind, x, op.attrs.get("axis", -1), negate)
         if cols_helper is not None:
-            g = self._gamma(op.operands[1]) if len(op.operands) > 1 else "1.0"
             call, dest = self.rows_weights(op, ind, cols_helper, z, g, perm)
             if dest is not None:
                 self.line(ind, call, op)
