@@ -615,10 +615,14 @@ class FuncGen:
         self.region(f.body, 1)
         c = _comment(f.loc)
         head[1] = _with_comment(head[1], c)
+        if any(ln.lstrip().startswith("for ") for ln in self.lines):
+            doc = [doc, _with_comment(f"    {self.mod.helper('rt_wide')}()", c)]
+        else:
+            doc = [doc]
         kernels = []
         for k in self.kernels:
             kernels += k + ["", ""]
-        return kernels + head + [doc] + self.lines
+        return kernels + head + doc + self.lines
 
     def line(self, indent: int, text: str, op: Op | None = None):
         self.lines.append(_with_comment("    " * indent + text, _comment(op.loc) if op else ""))

@@ -28,6 +28,23 @@ import numpy as np
 jit = numba.njit(cache=True, error_model="numpy")
 
 
+# ---------------------------------------------------------------- vector width
+@numba.extending.intrinsic
+def rt_wide(typingctx):
+    """``rt_wide()`` as a function's first statement lets LLVM vectorise its loops with
+    512-bit registers where the CPU has them (8 float64 lanes instead of 4).  LLVM's own
+    choice for AVX-512 Intel CPUs is 256 bits, made against the clock drop of early
+    AVX-512 parts; the function attribute ``prefer-vector-width`` overrides it for this
+    function alone, so Numba's other code (the user's included) keeps its settings.  On
+    CPUs without AVX-512 it changes nothing (docs/backend_cpu.md, "Vector width")."""
+    def codegen(context, builder, sig, args):
+        # llvmlite checks attribute names against a list of keywords; a string
+        # attribute is written as it is
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return numba.types.none(), codegen
+
+
 # ---------------------------------------------------------------- vector-friendly math
 # exp, expm1, tanh and log written as straight-line float arithmetic (Cody-Waite reduction
 # x = k ln2 + r, |r| <= ln2/2, a degree-13 Taylor polynomial in Estrin form, 2^k built
@@ -145,6 +162,7 @@ def rt_log(x):
 
 @jit
 def rt_exp_a(x):
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
@@ -155,6 +173,7 @@ def rt_exp_a(x):
 
 @jit
 def rt_expm1_a(x):
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
@@ -165,6 +184,7 @@ def rt_expm1_a(x):
 
 @jit
 def rt_tanh_a(x):
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
@@ -210,6 +230,7 @@ def rt_sigmoid_v(v):
 
 @jit
 def rt_sigmoid_a(x):
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
@@ -231,6 +252,7 @@ def rt_softplus_v(v):
 
 @jit
 def rt_softplus_a(x):
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = x.ravel()
     of = out.reshape(-1)
@@ -244,6 +266,7 @@ def rt_softplus_a(x):
 def rt_pwblock(a, lo, n):
     """NumPy's pairwise sum of a block ``a[lo:lo + n]``, ``n <= 128``: sequential below
     8 entries, else 8 accumulators."""
+    rt_wide()
     if n < 8:
         # NumPy: res = 0; res += a[i]...  Starting from a[lo] gives the same sums (a
         # zero becomes +0, as 0 + -0 does) without a typed zero: a[lo] * 0 would be nan
@@ -286,6 +309,7 @@ def rt_pw(a, lo, n):
     """NumPy's pairwise sum of ``a[lo:lo + n]``: blocks of at most 128 entries, split in
     halves (multiples of 8) above that.  The recursion runs on an explicit stack (Numba
     cannot cache recursive functions)."""
+    rt_wide()
     if n <= 128:
         return rt_pwblock(a, lo, n)
     f_lo = np.empty(128, np.int64)
@@ -335,6 +359,7 @@ def rt_psum(a):
 
 @jit
 def rt_prod1(a):
+    rt_wide()
     res = np.ones(1, a.dtype)[0]
     for i in range(a.size):
         res *= a[i]
@@ -343,6 +368,7 @@ def rt_prod1(a):
 
 @jit
 def rt_max1(a):
+    rt_wide()
     if a.size == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     m = a[0]
@@ -360,6 +386,7 @@ def rt_max1(a):
 
 @jit
 def rt_min1(a):
+    rt_wide()
     if a.size == 0:
         raise ValueError("zero-size array to reduction operation minimum which has no identity")
     m = a[0]
@@ -377,6 +404,7 @@ def rt_min1(a):
 
 @jit
 def rt_argmax1(a):
+    rt_wide()
     if a.size == 0:
         raise ValueError("attempt to get argmax of an empty sequence")
     k = 0
@@ -395,6 +423,7 @@ def rt_argmax1(a):
 
 @jit
 def rt_argmin1(a):
+    rt_wide()
     if a.size == 0:
         raise ValueError("attempt to get argmin of an empty sequence")
     k = 0
@@ -414,6 +443,7 @@ def rt_argmin1(a):
 @jit
 def rt_lse1(a):
     """Stable log(sum(exp(a))): exact at -inf and +inf entries."""
+    rt_wide()
     m = rt_max1(a)
     if not np.isfinite(m):
         return m
@@ -425,6 +455,7 @@ def rt_lse1(a):
 
 @jit
 def rt_norm1(a):
+    rt_wide()
     sq = np.empty(a.size, a.dtype)
     for i in range(a.size):
         sq[i] = a[i] * a[i]
@@ -438,6 +469,7 @@ def rt_rows_sum(z):
     # rt_pwblock is inlined by Numba (LLVM did not inline it, and through calls 2048
     # rows of 8 took 46 us instead of 11; inlined, the out-of-order core also overlaps
     # the rows)
+    rt_wide()
     n, m = z.shape
     out = np.zeros(n, z.dtype)
     if m == 0:
@@ -454,6 +486,7 @@ def rt_rows_sum(z):
 
 @jit
 def rt_rows_prod(z):
+    rt_wide()
     out = np.empty(z.shape[0], z.dtype)
     for r in range(z.shape[0]):
         out[r] = rt_prod1(z[r])
@@ -462,6 +495,7 @@ def rt_rows_prod(z):
 
 @jit
 def rt_rows_max(z):
+    rt_wide()
     out = np.empty(z.shape[0], z.dtype)
     for r in range(z.shape[0]):
         out[r] = rt_max1(z[r])
@@ -470,6 +504,7 @@ def rt_rows_max(z):
 
 @jit
 def rt_rows_min(z):
+    rt_wide()
     out = np.empty(z.shape[0], z.dtype)
     for r in range(z.shape[0]):
         out[r] = rt_min1(z[r])
@@ -478,6 +513,7 @@ def rt_rows_min(z):
 
 @jit
 def rt_rows_argmax(z):
+    rt_wide()
     out = np.empty(z.shape[0], np.int64)
     for r in range(z.shape[0]):
         out[r] = rt_argmax1(z[r])
@@ -486,6 +522,7 @@ def rt_rows_argmax(z):
 
 @jit
 def rt_rows_argmin(z):
+    rt_wide()
     out = np.empty(z.shape[0], np.int64)
     for r in range(z.shape[0]):
         out[r] = rt_argmin1(z[r])
@@ -494,6 +531,7 @@ def rt_rows_argmin(z):
 
 @jit
 def rt_rows_lse(z):
+    rt_wide()
     out = np.empty(z.shape[0], z.dtype)
     for r in range(z.shape[0]):
         out[r] = rt_lse1(z[r])
@@ -502,6 +540,7 @@ def rt_rows_lse(z):
 
 @jit
 def rt_rows_norm(z):
+    rt_wide()
     out = np.empty(z.shape[0], z.dtype)
     for r in range(z.shape[0]):
         out[r] = rt_norm1(z[r])
@@ -510,6 +549,7 @@ def rt_rows_norm(z):
 
 @jit
 def rt_cols_sum(z):
+    rt_wide()
     out = np.zeros(z.shape[1], z.dtype)
     for k in range(z.shape[0]):
         for c in range(z.shape[1]):
@@ -519,6 +559,7 @@ def rt_cols_sum(z):
 
 @jit
 def rt_cols_prod(z):
+    rt_wide()
     out = np.ones(z.shape[1], z.dtype)
     for k in range(z.shape[0]):
         for c in range(z.shape[1]):
@@ -528,6 +569,7 @@ def rt_cols_prod(z):
 
 @jit
 def rt_cols_max(z):
+    rt_wide()
     if z.shape[0] == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
     out = z[0].copy()
@@ -542,6 +584,7 @@ def rt_cols_max(z):
 
 @jit
 def rt_cols_min(z):
+    rt_wide()
     if z.shape[0] == 0:
         raise ValueError("zero-size array to reduction operation minimum which has no identity")
     out = z[0].copy()
@@ -556,6 +599,7 @@ def rt_cols_min(z):
 
 @jit
 def rt_cols_argmax(z):
+    rt_wide()
     out = np.empty(z.shape[1], np.int64)
     for c in range(z.shape[1]):
         out[c] = rt_argmax1(z[:, c].copy())
@@ -564,6 +608,7 @@ def rt_cols_argmax(z):
 
 @jit
 def rt_cols_argmin(z):
+    rt_wide()
     out = np.empty(z.shape[1], np.int64)
     for c in range(z.shape[1]):
         out[c] = rt_argmin1(z[:, c].copy())
@@ -572,6 +617,7 @@ def rt_cols_argmin(z):
 
 @jit
 def rt_cols_lse(z):
+    rt_wide()
     m = rt_cols_max(z)
     out = np.zeros(z.shape[1], z.dtype)
     for k in range(z.shape[0]):
@@ -588,6 +634,7 @@ def rt_cols_lse(z):
 
 @jit
 def rt_cols_norm(z):
+    rt_wide()
     out = np.zeros(z.shape[1], z.dtype)
     for k in range(z.shape[0]):
         for c in range(z.shape[1]):
@@ -601,6 +648,7 @@ def rt_cols_norm(z):
 def rt_sum_into(x, out):
     """Add every entry of ``x`` into ``out`` (same rank; an axis of size 1 in ``out``
     collects the whole axis of ``x``): the reverse of broadcasting, in C order."""
+    rt_wide()
     xs = x.shape
     os = out.shape
     nd = x.ndim
@@ -689,6 +737,7 @@ def rt_fmm12_t(v, b):
 
 @jit
 def rt_mm22(a, b):
+    rt_wide()
     n, k = a.shape
     m = b.shape[1]
     if b.shape[0] != k:
@@ -704,6 +753,7 @@ def rt_mm22(a, b):
 
 @jit
 def rt_mm21(a, v):
+    rt_wide()
     n, k = a.shape
     if v.shape[0] != k:
         raise ValueError("matmul: inner dimensions differ")
@@ -718,6 +768,7 @@ def rt_mm21(a, v):
 
 @jit
 def rt_mm12(v, b):
+    rt_wide()
     k, m = b.shape
     if v.shape[0] != k:
         raise ValueError("matmul: inner dimensions differ")
@@ -731,6 +782,7 @@ def rt_mm12(v, b):
 
 @jit
 def rt_mm11(u, v):
+    rt_wide()
     if u.shape[0] != v.shape[0]:
         raise ValueError("matmul: inner dimensions differ")
     s = np.zeros(1, u.dtype)[0]
@@ -742,6 +794,7 @@ def rt_mm11(u, v):
 @jit
 def rt_mm33(a, b):
     """Batched matmul of (B, n, k) and (B, k, m)."""
+    rt_wide()
     out = np.zeros((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
     for t in range(a.shape[0]):
         out[t] = rt_mm22(a[t], b[t])
@@ -750,6 +803,7 @@ def rt_mm33(a, b):
 
 @jit
 def rt_outer(a, b):
+    rt_wide()
     out = np.empty((a.size, b.size), a.dtype)
     for i in range(a.size):
         for j in range(b.size):
@@ -760,6 +814,7 @@ def rt_outer(a, b):
 @jit
 def rt_lu(A):
     """LU factorisation with partial pivoting (first largest |pivot|, as LAPACK)."""
+    rt_wide()
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError("solve: the matrix must be square")
@@ -797,6 +852,7 @@ def rt_lu(A):
 def rt_lu_solve2(LU, piv, B, trans):
     """X with A X = B (``trans``: A^T X = B) from rt_lu's factorisation P A = L U
     (row i of P A is row piv[i] of A); A^T = U^T L^T P."""
+    rt_wide()
     n = LU.shape[0]
     if B.shape[0] != n:
         raise ValueError("solve: the right-hand side has the wrong number of rows")
@@ -855,6 +911,7 @@ def rt_solve1(A, b):
 
 @jit
 def rt_trace(x):
+    rt_wide()
     k = min(x.shape[0], x.shape[1])
     d = np.empty(k, x.dtype)
     for i in range(k):
@@ -864,6 +921,7 @@ def rt_trace(x):
 
 @jit
 def rt_diag_from(v):
+    rt_wide()
     n = v.shape[0]
     out = np.zeros((n, n), v.dtype)
     for i in range(n):
@@ -873,6 +931,7 @@ def rt_diag_from(v):
 
 @jit
 def rt_diag_of(a):
+    rt_wide()
     k = min(a.shape[0], a.shape[1])
     out = np.empty(k, a.dtype)
     for i in range(k):
@@ -914,6 +973,7 @@ def rt_linspace(start, stop, num):
 # rule), so source and destination never overlap.
 @jit
 def rt_add_into1(dst, src):
+    rt_wide()
     if dst.shape[0] == src.shape[0]:
         for i in range(dst.shape[0]):
             dst[i] += src[i]
@@ -923,6 +983,7 @@ def rt_add_into1(dst, src):
 
 @jit
 def rt_add_into2(dst, src):
+    rt_wide()
     if dst.shape[0] == src.shape[0] and dst.shape[1] == src.shape[1]:
         for i in range(dst.shape[0]):
             for j in range(dst.shape[1]):
@@ -933,6 +994,7 @@ def rt_add_into2(dst, src):
 
 @jit
 def rt_add_into3(dst, src):
+    rt_wide()
     if dst.shape == src.shape:
         for i in range(dst.shape[0]):
             for j in range(dst.shape[1]):
@@ -944,6 +1006,7 @@ def rt_add_into3(dst, src):
 
 @jit
 def rt_set_into1(dst, src):
+    rt_wide()
     if dst.shape[0] == src.shape[0]:
         for i in range(dst.shape[0]):
             dst[i] = src[i]
@@ -953,6 +1016,7 @@ def rt_set_into1(dst, src):
 
 @jit
 def rt_set_into2(dst, src):
+    rt_wide()
     if dst.shape[0] == src.shape[0] and dst.shape[1] == src.shape[1]:
         for i in range(dst.shape[0]):
             for j in range(dst.shape[1]):
@@ -963,6 +1027,7 @@ def rt_set_into2(dst, src):
 
 @jit
 def rt_set_into3(dst, src):
+    rt_wide()
     if dst.shape == src.shape:
         for i in range(dst.shape[0]):
             for j in range(dst.shape[1]):
@@ -1031,6 +1096,7 @@ def rt_check_gamma(gamma):
 @jit
 def rt_ties(z, m):
     """Uniform weights over the entries equal to the (infinite) maximum m."""
+    rt_wide()
     q = np.zeros(z.size, np.float64)
     cnt = 0
     for i in range(z.size):
@@ -1046,6 +1112,7 @@ def rt_ties(z, m):
 
 @jit
 def rt_sparsemax1(z, gamma):
+    rt_wide()
     K = z.size
     m = rt_max1(z)
     if not np.isfinite(m):
@@ -1075,6 +1142,7 @@ def rt_sparsemax1(z, gamma):
 
 @jit
 def rt_smax1(z, gamma, l2):
+    rt_wide()
     m = rt_max1(z)
     if not np.isfinite(m):
         return m
@@ -1108,6 +1176,7 @@ def rt_row_max(z, r):
     """(max of row r of the 2-D z, whether it has a NaN), branch-free: eight independent
     maxima (the maximum does not depend on the order; a serial chain waits about 4
     cycles an entry, and rows are often short)."""
+    rt_wide()
     k = z.shape[1]
     if k < 8:
         m = z[r, 0]
@@ -1155,6 +1224,7 @@ def rt_rows_entropy(z, gamma, value, w):
     scratch.  Rows with a NaN give NaN, rows whose maximum is infinite that maximum and
     uniform weights over the entries equal to it.  A power-of-2 gamma multiplies by its
     reciprocal (the same numbers, and no division per entry: the CRF's gamma = 1)."""
+    rt_wide()
     n, k = z.shape
     if n and k == 0:
         raise ValueError("zero-size array to reduction operation maximum which has no identity")
@@ -1198,6 +1268,7 @@ def rt_rows_softmax_into(z, gamma, q):
 @jit
 def rt_rows_softmax(z, gamma, l2):
     """softmax (entropy) or sparsemax (l2) of each row of z / gamma."""
+    rt_wide()
     out = np.empty(z.shape, np.float64)
     if not l2:
         return rt_rows_softmax_into(z, gamma, out)
@@ -1209,6 +1280,7 @@ def rt_rows_softmax(z, gamma, l2):
 
 @jit
 def rt_rows_smax(z, gamma, l2):
+    rt_wide()
     rt_check_gamma(gamma)
     out = np.empty(z.shape[0], np.float64)
     if l2:
@@ -1252,6 +1324,7 @@ def rt_cols_entropy(z, off, gamma, value, w, full):
     not finite (a NaN first, an infinite entry) get what rt_rows_entropy gives such a
     row: NaN when any entry is NaN (a NaN after a finite maximum already makes the sum
     NaN), else the maximum and its ties."""
+    rt_wide()
     n, k = z.shape
     if off is not None and off.shape[0] != n:
         raise ValueError("elementwise operands could not be broadcast together")
@@ -1356,6 +1429,7 @@ def rt_cols_smax_arg(z, off, gamma):
 
 @jit
 def rt_rows_onehot(z, pick_min):
+    rt_wide()
     out = np.empty(z.shape, np.float64)
     for r in range(z.shape[0]):
         out[r] = rt_onehot1(z[r], pick_min)
@@ -1365,6 +1439,7 @@ def rt_rows_onehot(z, pick_min):
 @jit
 def rt_smaxn(gamma, l2, sign, xs):
     """sign * smax(sign * xs) of a tuple of scalars (smaxn: sign 1, sminn: sign -1)."""
+    rt_wide()
     rt_check_gamma(gamma)
     n = len(xs)
     if l2 or n >= 8:
@@ -1391,6 +1466,7 @@ def rt_smaxn(gamma, l2, sign, xs):
 @jit
 def rt_spair(x, y, gamma, l2, sign):
     """Elementwise smax (sign 1) / smin (-1) of two broadcast arrays of one shape."""
+    rt_wide()
     out = np.empty(x.shape, np.float64)
     xf = np.ascontiguousarray(x).reshape(-1)
     yf = np.ascontiguousarray(y).reshape(-1)

@@ -335,6 +335,7 @@ class _Kernel:
             gen.line(0, f"def {kname}({', '.join(params)}):", inner)
             gen.line(1, f'"""One diagonal of {_doc(gen.func.name)}: its cells are SIMD lanes."""',
                      None)
+            gen.line(1, f"{gen.mod.helper('rt_wide')}()", inner)
             gen.line(1, f"for {k} in range({cnt}):", inner)
             if self.uses_ij:
                 gen.line(2, f"{i} = {lo} + {k}", inner)
