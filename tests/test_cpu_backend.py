@@ -370,3 +370,55 @@ def test_repeated_calls_take_a_short_path_that_keeps_every_check(mods, monkeypat
         mi.g(v, 9)
     assert str(ec.value) == str(ei.value)
     assert mc.g(v, 2) == 2.0 and mc.g(v, np.int64(3)) == 3.0
+
+
+def _host_has_avx512():
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def test_loops_ask_for_512_bit_vectors_and_other_numba_code_is_left_alone(tmp_path):
+    """rt_wide(): functions with loops (generated code, wavefront kernels, the runtime's
+    loop kernels) carry the LLVM attribute prefer-vector-width=512; a function without a
+    loop does not call it, and the user's own Numba functions keep Numba's settings."""
+    import importlib.util
+
+    import numba
+    from dplang.backends.cpu import runtime as rt
+    src = ('def loop(x: f64[n]) -> f64[n]:\n    return tanh(x * 2.0) + 1.0\n\n'
+           'def scalar(a: f64, b: f64) -> f64:\n    return a * b + 1.0\n')
+    mod = dp.compile(src, filename="wide.dp", backend="cpu")
+    x = rng.standard_normal(100)
+    np.testing.assert_allclose(mod.loop(x), np.tanh(x * 2.0) + 1.0, rtol=0, atol=1e-15)
+    text = mod.loop.source()
+    assert re.search(r"^    rt_wide\(\)", text, re.M)
+    assert "for " in text
+    assert "rt_wide()" not in mod.scalar.source()
+    # the generated module itself: its LLVM IR carries the attribute
+    path = tmp_path / "wide_gen.py"
+    path.write_text(text.replace("cache=True", "cache=False"))
+    spec = importlib.util.spec_from_file_location("wide_gen", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    disp = [v for k, v in vars(m).items() if isinstance(v, numba.core.registry.CPUDispatcher)
+            and "loop" in k][0]
+    np.testing.assert_array_equal(disp(x), mod.loop(x))
+    sig = disp.signatures[0]
+    assert '"prefer-vector-width"="512"' in disp.inspect_llvm(sig)
+    # a runtime kernel (compiled afresh: Numba cannot show the IR of cached code)
+    kernel = numba.njit(error_model="numpy")(rt.rt_tanh_a.py_func)
+    np.testing.assert_array_equal(kernel(x), rt.rt_tanh_a(x))
+    assert '"prefer-vector-width"="512"' in kernel.inspect_llvm(kernel.signatures[0])
+
+    @numba.njit
+    def user_loop(v):
+        out = np.empty_like(v)
+        for i in range(v.size):
+            out[i] = v[i] * 3.0
+        return out
+    user_loop(x)
+    ir = user_loop.inspect_llvm(user_loop.signatures[0])
+    assert "prefer-vector-width" not in ir
+    if _host_has_avx512():      # the machine code uses the 512-bit registers
+        assert "zmm" in disp.inspect_asm(sig)
