@@ -73,12 +73,13 @@ def mods():
 
 def test_nests_get_one_hoisted_test_and_unchecked_accesses(mods):
     cpu, _ = mods
-    # the wavefront nest (gathers, scatters, tape copies) and the reverse sweep (its
-    # accesses and tape pops) of soft-DTW's gradient
+    # the wavefront nest (gathers, scatters, the kernel's writes into the tapes) and the
+    # reverse sweep (its accesses and its reads of the tapes at wavefront slots) of
+    # soft-DTW's gradient
     vg = dp.value_and_grad(cpu.soft_dtw).source()
     assert vg.count("index checks hoisted out of the nest") == 2
     assert vg.count("raise IndexError(") == 2
-    assert "rt_at2(D, " in vg and "= rt_at1(tape, tape_n)" in vg
+    assert "rt_at2(D, " in vg and "= rt_at1(tape, tape_n + rt_wave_rank(" in vg
     # forward nests in row order keep their per-access checks (measured faster)
     assert "index checks hoisted" not in cpu.dtw.source()
 

@@ -132,6 +132,37 @@ def test_tapes_are_read_back_in_order_across_strips(mods, monkeypatch):
     assert (g1.sum(axis=1) >= 1.0 - 1e-9).all()
 
 
+def _visit_order(r0, r1, c0, c1, strip):
+    """The cells in the order the schedule computes them (a test-side enumeration)."""
+    out = []
+    for s_lo in range(r0, r1, strip):
+        s_hi = min(s_lo + strip, r1)
+        for d in range(s_lo + c0, s_hi + c1 - 1):
+            out += [(i, d - i) for i in range(max(s_lo, d - c1 + 1), min(s_hi, d - c0 + 1))]
+    return out
+
+
+@pytest.mark.parametrize("dims", [(1, 2, 1, 2), (1, 130, 1, 130), (0, 200, 3, 7),
+                                  (2, 9, 1, 300), (1, 65, 1, 64), (5, 6, 0, 1)])
+def test_wavefront_slots_are_the_order_of_the_kernels(dims):
+    from dplang.backends.cpu.runtime import rt_wave_rank
+    order = _visit_order(*dims, cpu_wavefront.STRIP)
+    assert len(order) == (dims[1] - dims[0]) * (dims[3] - dims[2])
+    got = [rt_wave_rank(i, j, *dims, cpu_wavefront.STRIP) for i, j in order]
+    assert got == list(range(len(order)))
+
+
+def test_weights_stay_in_wavefront_order_on_their_tapes(mods):
+    """soft-DTW's three weights: the kernel writes them into the tapes (no strip buffer,
+    no copy into row order), and the reverse sweep reads them at their cells' slots."""
+    cpu, _ = mods
+    src = dp.value_and_grad(cpu.soft_dtw).source()
+    for t in ("tape", "tape_1", "tape_2"):
+        assert f"{t}[{t}_n + done:]" in src
+        assert f"rt_at1({t}, {t}_n + rt_wave_rank(i_1, j_1, " in src
+    assert "rank = (" not in src and "np.empty((64 + " not in src
+
+
 def test_inf_borders_and_tiny_gamma_stay_finite(mods):
     cpu, interp = mods
     D = rng.random((40, 33)) * 100.0

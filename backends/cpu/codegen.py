@@ -390,6 +390,7 @@ class FuncGen:
         self.lu_names: dict = {}
         self.kernels: list = []                 # wavefront kernels (backends/cpu/wavefront.py)
         self.kernel_mode = False                # emitting a kernel: vector-friendly math
+        self.wave_tapes: dict = {}              # tapes kept in wavefront order (plan)
         self.waves = wavefront.plan(self)
         # accesses whose indices a hoisted test proved in range (backends/cpu/ranges.py),
         # and the nests that keep row order but get such a test: reverse sweeps (they
@@ -401,6 +402,9 @@ class FuncGen:
         self.rows = {} if not mod.boundscheck else {
             n.outer: n for n in wavefront.wavefront_nests(func)
             if n.outer not in self.waves and n.pops}
+        # (a reverse nest reads wavefront-order tapes by slot: it needs its bounds, which
+        # the hoisted emission of self.rows computes before its loops)
+        self.wave_tapes = {t: b for t, b in self.wave_tapes.items() if b.outer in self.rows}
         # column soft operators that read their operand's two parts (_plan_offsets)
         self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
@@ -772,6 +776,13 @@ class FuncGen:
                 self.line(ind + 1, f"{t} = {self.mod.helper('rt_grow')}({t})", op)
             self.line(ind, f"{t}[{n}] = {v}", op)
             return self.line(ind, f"{n} += 1", op)
+        b = self.wave_tapes.get(tape)
+        if b is not None:
+            slot = f"{n} + {self.wave_slot(b)}"
+            if op in self.unchecked:
+                return self.line(ind, f"{self.ref(op.results[0])} = "
+                                      f"{self.unchecked_load(tape, slot)}", op)
+            return self.line(ind, f"{self.ref(op.results[0])} = {t}[{slot}]", op)
         self.line(ind, f"{n} -= 1", op)
         if op in self.unchecked:
             return self.line(ind, f"{self.ref(op.results[0])} = "
@@ -907,6 +918,15 @@ class FuncGen:
         acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(_rank(x)))
         return f"{acc}({self.ref(x)}, {idx}, {val})"
 
+    def wave_slot(self, b) -> str:
+        """The wavefront slot of the current cell of reverse nest ``b`` (rt_wave_rank):
+        ``b`` runs the forward nest's rows and columns backwards."""
+        i, j = (self.ref(loop.regions[0].args[0]) for loop in (b.outer, b.inner))
+        r0, r1, _ = ranges.bounds(self, b.outer, -1)
+        c0, c1, _ = ranges.bounds(self, b.inner, -1)
+        return (f"{self.mod.helper('rt_wave_rank')}({i}, {j}, {r0}, {ranges.plus(r1, 1)}, "
+                f"{c0}, {ranges.plus(c1, 1)}, {wavefront.STRIP})")
+
     def tape_count(self, tape: Value) -> str:
         """The local that counts a scalar tape's entries."""
         n = self.tape_counts.get(tape)
@@ -930,6 +950,13 @@ class FuncGen:
                 name = self.fresh("carry")
                 self.carry_of[c.read] = self.carry_of[c.add] = name
                 self.carry_loops.setdefault(nest.inner, []).append((name, c))
+            # tapes in wavefront order: the nest reads them at count - cells + slot
+            for t, b in self.wave_tapes.items():
+                if b.outer is nest.outer:
+                    rows = ranges.trip_count(self, nest.outer, -1)
+                    cols = ranges.trip_count(self, nest.inner, -1)
+                    self.line(ind, f"{self.tape_count(t)} -= max({rows}, 0) * max({cols}, 0)",
+                              op)
         carry = self.carry_loops.get(op, ())
         for name, c in carry:
             self.line(ind, f"{name} = -0.0", c.add)

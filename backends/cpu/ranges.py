@@ -35,7 +35,7 @@ ACCESS_OPS = ("getitem", "setitem", "scatter_add")
 MAX_NDIM = 3            # the runtime's unchecked accessors: rt_at1..3, rt_put1..3, rt_inc1..3
 
 
-def _bounds(gen, loop: Op, sign: int):
+def bounds(gen, loop: Op, sign: int):
     """(lowest, highest, trip count) of ``loop``'s induction variable, as text (the trip
     count is positive exactly when the loop runs)."""
     lo, hi = (gen.literals.get(v) or gen.ref(v) for v in loop.operands[:2])
@@ -46,12 +46,12 @@ def _bounds(gen, loop: Op, sign: int):
 
 def last_value(gen, loop: Op, sign: int) -> str:
     """The text of ``loop``'s last induction value (when it runs)."""
-    lo, hi, _ = _bounds(gen, loop, sign)
+    lo, hi, _ = bounds(gen, loop, sign)
     return hi if sign > 0 else lo
 
 
 def trip_count(gen, loop: Op, sign: int) -> str:
-    return _bounds(gen, loop, sign)[2]
+    return bounds(gen, loop, sign)[2]
 
 
 def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
@@ -61,8 +61,8 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
     tape sized beforehand (the wavefront schedule's row-order slots)."""
     ob, ib = n.outer.regions[0], n.inner.regions[0]
     iv_i, iv_j = ob.args[0], ib.args[0]
-    i_lo, i_hi, i_n = _bounds(gen, n.outer, n.sign)
-    j_lo, j_hi, j_n = _bounds(gen, n.inner, n.sign)
+    i_lo, i_hi, i_n = bounds(gen, n.outer, n.sign)
+    j_lo, j_hi, j_n = bounds(gen, n.inner, n.sign)
     hoisted = set(n.hoisted)
     table_of = {a.op: a.table for a in n.accesses}
 

@@ -675,6 +675,25 @@ def rt_maximum_a(x, y):
 
 
 @jit
+def rt_wave_rank(i, j, r0, r1, c0, c1, strip):
+    """The position of cell (i, j) in the order a wavefront schedule visits the rows
+    r0 <= i < r1 and columns c0 <= j < c1: strips of ``strip`` rows, each strip by
+    anti-diagonals d = i + j, a diagonal by ascending i (backends/cpu/wavefront.py).  A
+    reverse sweep reads the soft-min weights its forward sweep taped in that order at
+    these slots.  Within a strip of h rows, diagonal t (from 0) has min(h, t + 1) -
+    max(0, t - m + 1) cells for m columns; the sums of both terms are closed forms."""
+    s = (i - r0) // strip
+    s_lo = r0 + s * strip
+    h = min(strip, r1 - s_lo)
+    m = c1 - c0
+    u = i + j - s_lo - c0               # diagonals of the strip before (i, j)'s
+    a = u * (u + 1) // 2 if u <= h else h * (h + 1) // 2 + (u - h) * h
+    v = u - m
+    b = v * (v + 1) // 2 if v > 0 else 0
+    return s * strip * m + a - b + (i - s_lo) - max(0, u - m + 1)
+
+
+@jit
 def rt_grow(buf):
     """A tape buffer twice as long, holding the entries of ``buf``."""
     out = np.empty(2 * buf.shape[0] + 1, buf.dtype)

@@ -56,7 +56,8 @@ def plan(gen) -> dict:
         if op.name in ("tape_push", "tape_pop"):
             pushes.setdefault(op.operands[0], []).append(op)
     out = {}
-    for n in wavefront_nests(gen.func):
+    nests = wavefront_nests(gen.func)
+    for n in nests:
         body = n.inner.regions[0]
         # a tape the nest pushes is pushed nowhere else (its slots are the nest's ranks)
         if any(o.parent is not body for t in n.pushes for o in pushes[t]
@@ -64,6 +65,35 @@ def plan(gen) -> dict:
             continue
         if _emittable(gen, n) and _kernel_ok(gen, n):
             out[n.outer] = n
+    gen.wave_tapes = _wave_tapes(out, nests, pushes)
+    return out
+
+
+def _wave_tapes(waves: dict, nests: list, uses: dict) -> dict:
+    """{tape: the reverse nest that pops it} for tapes whose entries stay in the order
+    the wavefront kernel computes them (no copy into row order): the tape is pushed once
+    per cell, by one wavefront nest, with a value the kernel computes, and popped once per
+    cell by one descending nest -- the nest reverse mode made of the forward one, so its
+    cells are the forward's.  That nest reads each entry at its cell's wavefront slot
+    (``rt_wave_rank``) instead of popping in order."""
+    out = {}
+    for f in waves.values():
+        fbody = f.inner.regions[0]
+        pushed = [op.operands[1] for op in fbody.ops if op.name == "tape_push"]
+        for t in f.pushes:
+            ops = uses[t]
+            push = [o for o in ops if o.name == "tape_push"]
+            pops = [o for o in ops if o.name == "tape_pop"]
+            if len(push) != 1 or len(pops) != 1 or isinstance(t.type.elem, T.Array):
+                continue
+            v = push[0].operands[1]
+            if pushed.count(v) != 1 or not (isinstance(v.owner, Op) and v.owner.parent is fbody
+                                           and v.owner.name != "const"):
+                continue
+            back = [b for b in nests if b.sign == -1 and b.outer not in waves
+                    and pops[0].parent is b.inner.regions[0]]
+            if len(back) == 1:
+                out[t] = back[0]
     return out
 
 
@@ -226,14 +256,23 @@ class _Kernel:
             gen.line(ind, f"{gbuf[op]} = np.empty({STRIP}, "
                           f"{_npdt(op.results[0].type.dtype)})", op)
         pushed = [op.operands[1] for op in self.pushes]
+        # values pushed on a tape kept in wavefront order: the kernel writes them into
+        # the tape itself, at the nest's count of cells so far
+        wave = {op.operands[1]: op.operands[0] for op in self.pushes
+                if op.operands[0] in gen.wave_tapes}
         for v in self.outs:
+            if v in wave:
+                continue
             if v in pushed:                 # one row per diagonal of the strip
                 gen.line(ind, f"{obuf[v]} = np.empty(({STRIP} + {B} - {b}, {STRIP}), "
                               f"{_npdt(v.type.dtype)})", v.owner)
             else:
                 gen.line(ind, f"{obuf[v]} = np.empty({STRIP}, {_npdt(v.type.dtype)})",
                          v.owner)
-        strip_rows = {v for v in self.outs if v in pushed}
+        strip_rows = {v for v in self.outs if v in pushed and v not in wave}
+        done = gen.fresh("done")
+        if wave:
+            gen.line(ind, f"{done} = 0", n.outer)
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
         gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
@@ -268,11 +307,14 @@ class _Kernel:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {x}[{idx}])", op)
         where = [cnt, lo, d] if self.uses_ij else [cnt]
         args = ([gbuf[op] for op in self.loads]
-                + [f"{obuf[v]}[{d} - {s0} - {c0}, {lo} - {s0}:]" if v in strip_rows
+                + [f"{gen.ref(wave[v])}[{gen.tape_count(wave[v])} + {done}:]" if v in wave
+                   else f"{obuf[v]}[{d} - {s0} - {c0}, {lo} - {s0}:]" if v in strip_rows
                    else obuf[v] for v in self.outs] + where
                 + [gen.ref(v) for v in self.inv])
         kname = gen.mod.globals.take(f"{gen.name}_diagonal")
         gen.line(ind2, f"{kname}({', '.join(args)})", inner)
+        if wave:
+            gen.line(ind2, f"{done} += {cnt}", inner)
         gen.line(ind2, f"for {k} in range({cnt}):", inner)         # scatter
         gen.line(ind2 + 1, f"{i} = {lo} + {k}", inner)
         gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
@@ -294,13 +336,14 @@ class _Kernel:
         per_cell: dict = {}
         for op in self.pushes:
             per_cell[op.operands[0]] = per_cell.get(op.operands[0], 0) + 1
-        if self.pushes:
+        copied = [op for op in self.pushes if op.operands[0] not in gen.wave_tapes]
+        if copied:
             r, jj, rank = gen.fresh("r"), gen.fresh("jc"), gen.fresh("rank")
             gen.line(ind + 1, f"for {r} in range({s0}, {s1}):", inner)
             gen.line(ind + 2, f"for {jj} in range({c0}, {c1}):", inner)
             gen.line(ind + 3, f"{rank} = ({r} - {r0}) * ({c1} - {c0}) + ({jj} - {c0})", inner)
         seen: dict = {}
-        for op in self.pushes:
+        for op in copied:
             t, v = op.operands
             p, q = per_cell[t], seen.get(t, 0)
             seen[t] = q + 1
