@@ -270,7 +270,7 @@ class _Kernel:
                 gen.line(ind, f"{obuf[v]} = np.empty({STRIP}, {_npdt(v.type.dtype)})",
                          v.owner)
         strip_rows = {v for v in self.outs if v in pushed and v not in wave}
-        done = gen.fresh("done")
+        done = gen.fresh("done") if wave else None      # (a name only where it is used)
         if wave:
             gen.line(ind, f"{done} = 0", n.outer)
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
