@@ -422,3 +422,26 @@ def test_loops_ask_for_512_bit_vectors_and_other_numba_code_is_left_alone(tmp_pa
     assert "prefer-vector-width" not in ir
     if _host_has_avx512():      # the machine code uses the 512-bit registers
         assert "zmm" in disp.inspect_asm(sig)
+
+
+def test_prefetch_is_an_llvm_prefetch_that_changes_nothing():
+    """rt_prefetch (wavefront-order tapes, codegen.wave_cell): LLVM's prefetch of the
+    entry's address, for indices in range, negative (raised to 0) or past the end (a
+    prefetch never faults); the buffer and the caller's results are unchanged."""
+    import numba
+    from dplang.backends.cpu import runtime as rt
+
+    def touch(buf, ks):
+        s = 0.0
+        for k in ks:
+            rt.rt_prefetch(buf, k)
+            s += buf[min(max(k, 0), buf.shape[0] - 1)]
+        return s
+    f = numba.njit(error_model="numpy")(touch)
+    buf = rng.standard_normal(1000)
+    before = buf.copy()
+    ks = np.array([0, 5, 999, -8, -1 << 40, 1000, 1 << 20], np.int64)
+    assert f(buf, ks) == touch(buf, ks)
+    np.testing.assert_array_equal(buf, before)
+    ir = f.inspect_llvm(f.signatures[0])
+    assert "llvm.prefetch" in ir
