@@ -44,7 +44,7 @@ from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
 from dplang.ir.primitives import REGISTRY
 from dplang.ir.primitives.reductions import norm_axes
-from dplang.backends.cpu import fusion, ranges, wavefront
+from dplang.backends.cpu import fusion, ranges, wavefront, window
 
 CODEGEN_VERSION = "1"
 
@@ -407,6 +407,8 @@ class FuncGen:
         # (a reverse nest reads wavefront-order tapes by slot: it needs its bounds, which
         # the hoisted emission of self.rows computes before its loops)
         self.wave_tapes = {t: b for t, b in self.wave_tapes.items() if b.outer in self.rows}
+        # adjoint tables of reverse sweeps kept as two rows (window.py)
+        self.windows = window.plan(self)
         # column soft operators that read their operand's two parts (_plan_offsets)
         self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
@@ -688,6 +690,11 @@ class FuncGen:
     # -- structural ops ------------------------------------------------------------------
     def op(self, op: Op, ind: int):
         name = op.name
+        w = self.windows.get(op)
+        if w is not None and op is w.base:
+            return window.emit_base(self, w, ind)
+        if w is not None and op in w.seed_rows:
+            return window.emit_seed(self, w, op, ind)
         if name == "for":
             return self.emit_for(op, ind)
         if name == "while":
@@ -914,6 +921,21 @@ class FuncGen:
         by backends/cpu/ranges.py); ``x`` an array or a scalar tape (a 1-D buffer)."""
         return f"{self.mod.helper(f'rt_at{_rank(x)}')}({self.ref(x)}, {idx})"
 
+    def window_access(self, op: Op, idx: str, sym: str = "", val: str = "") -> str:
+        """Access ``op`` (indices ``idx``: row, column) of a table kept as two rows
+        (window.py): a read (no ``sym``) or the statement ``row[col] sym val``, unchecked
+        (the nest's hoisted test covers it)."""
+        if op not in self.unchecked:
+            raise CodegenError("cpu backend: an access of a two-row table is not covered "
+                               "by its nest's index test", op.loc)
+        w = self.windows[op]
+        col = idx.split(", ")[1]
+        buf = window.row_buffer(w, op)
+        if not sym:
+            return f"{self.mod.helper('rt_at1')}({buf}, {col})"
+        acc = self.mod.helper("rt_put1" if sym == "=" else "rt_inc1")
+        return f"{acc}({buf}, {col}, {val})"
+
     def unchecked_store(self, x: Value, idx: str, sym: str, val: str) -> str:
         """The statement ``x[idx] = val`` (``sym`` "=") or ``x[idx] += val`` ("+="),
         unchecked."""
@@ -990,6 +1012,9 @@ class FuncGen:
         y = body.terminator
         if y is not None:
             self.assign_slots(ind + 1, y, slots, y.operands, self.ana.yield_copies, 0, y)
+        w = self.windows.get(op)
+        if w is not None and w.nest.outer is op:
+            window.emit_turn(self, w, ind + 1)
         if len(self.lines) == n:
             self.line(ind + 1, "pass", op)
         for name, c in carry:           # the last iteration's add, where it goes
@@ -997,8 +1022,10 @@ class FuncGen:
             i = self.ref(c.add.operands[2])
             last = ranges.last_value(self, op, c.sign)
             self.line(ind, f"if {ranges.trip_count(self, op, c.sign)} > 0:", c.add)
-            self.line(ind + 1, self.unchecked_store(
-                x, f"{i}, {ranges.plus(last, c.sign)}", "+=", name), c.add)
+            idx = f"{i}, {ranges.plus(last, c.sign)}"
+            self.line(ind + 1, self.window_access(c.add, idx, "+=", name)
+                      if c.add in self.windows else self.unchecked_store(x, idx, "+=", name),
+                      c.add)
 
     def emit_while(self, op: Op, ind: int):
         cond, body = op.regions
@@ -1649,6 +1676,10 @@ class FuncGen:
         x = op.operands[0]
         r = op.results[0]
         idx = self.index_text(op, op.operands[1:])
+        if op in self.windows:
+            e = self.window_access(op, idx)
+            c = self.carry_of.get(op)
+            return e if c is None else f"{e} + {c}"
         if op in self.unchecked:
             e = self.unchecked_load(x, idx)
             c = self.carry_of.get(op)
@@ -1666,6 +1697,9 @@ class FuncGen:
         if op in self.inplace:
             if op in self.carry_of:
                 self.line(ind, f"{self.carry_of[op]} = {val}", op)
+                return None
+            if op in self.windows:
+                self.line(ind, self.window_access(op, idx, sym, val), op)
                 return None
             if op in self.unchecked:
                 self.line(ind, self.unchecked_store(x, idx, sym, val), op)

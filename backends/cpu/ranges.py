@@ -107,10 +107,13 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
         if any(s is None for s in spans):
             continue
         name = gen.ref(base)
+        win = gen.windows.get(op)           # a table kept as two rows (window.py)
         for ax, (lo, hi) in enumerate(spans):
             size = f"{name}.shape[{ax}]"
+            if win is not None:
+                size = win.names["rows"] if ax == 0 else f"{name}.shape[0]"
             nonneg = _int(lo) is not None and _int(lo) >= 0     # (a shape is never < 0)
-            low = [] if nonneg else [f"-{size} <= {lo}"]
+            low = [] if nonneg else [f"{'0' if win is not None and ax == 0 else '-' + size} <= {lo}"]
             for t in low + [f"{hi} < {size}"]:
                 if t not in tests:
                     tests.append(t)
