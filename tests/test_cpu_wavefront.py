@@ -187,3 +187,20 @@ def test_nonpositive_gamma_is_a_located_error_in_value_and_gradient(mods, gamma)
             f(D, gamma)
         assert "gamma must be positive" in str(e.value)
         assert "align.dp:25" in str(e.value)
+
+
+
+def test_generated_source_does_not_depend_on_addresses():
+    """The cache key is the generated source: it must not depend on where IR objects
+    live (the tapes' order came from a set once, and another process recompiled).
+    Compiled several times with different heaps, the source is the same."""
+    srcs = set()
+    keep = []
+    for k in range(6):
+        keep.append([object() for _ in range(37 * k + 1)])     # shift the addresses
+        m = dp.compile("from std.align import soft_dtw\n", filename=f"det{k}.dp",
+                       backend="cpu")
+        vg = dp.value_and_grad(m.soft_dtw)
+        vg(np.ones((3, 3)), 1.0)
+        srcs.add(vg.source().split("\n", 1)[1])
+    assert len(srcs) == 1

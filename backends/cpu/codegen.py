@@ -409,6 +409,9 @@ class FuncGen:
         self.wave_tapes = {t: b for t, b in self.wave_tapes.items() if b.outer in self.rows}
         # adjoint tables of reverse sweeps kept as two rows (window.py)
         self.windows = window.plan(self)
+        self.window_turns: dict = {}            # outer loop -> its windows
+        for w in {id(w): w for w in self.windows.values()}.values():
+            self.window_turns.setdefault(w.nest.outer, []).append(w)
         # column soft operators that read their operand's two parts (_plan_offsets)
         self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
@@ -1012,8 +1015,7 @@ class FuncGen:
         y = body.terminator
         if y is not None:
             self.assign_slots(ind + 1, y, slots, y.operands, self.ana.yield_copies, 0, y)
-        w = self.windows.get(op)
-        if w is not None and w.nest.outer is op:
+        for w in self.window_turns.get(op, ()):
             window.emit_turn(self, w, ind + 1)
         if len(self.lines) == n:
             self.line(ind + 1, "pass", op)

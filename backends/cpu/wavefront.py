@@ -80,7 +80,9 @@ def _wave_tapes(waves: dict, nests: list, uses: dict) -> dict:
     for f in waves.values():
         fbody = f.inner.regions[0]
         pushed = [op.operands[1] for op in fbody.ops if op.name == "tape_push"]
-        for t in f.pushes:
+        # (in push order, not the set's: the generated source must not depend on
+        # addresses, or the cache would miss in the next process)
+        for t in dict.fromkeys(op.operands[0] for op in fbody.ops if op.name == "tape_push"):
             ops = uses[t]
             push = [o for o in ops if o.name == "tape_push"]
             pops = [o for o in ops if o.name == "tape_pop"]

@@ -57,7 +57,8 @@ class Window:
 
 
 def plan(gen) -> dict:
-    """``{op: Window}`` for the base, seeds, accesses and outer loop of every window."""
+    """``{op: Window}`` for the base, seeds and accesses of every window (codegen
+    finds the nest's outer loop through ``Window.nest``)."""
     out: dict = {}
     for n in gen.rows.values():
         if n.sign != -1:
@@ -65,7 +66,7 @@ def plan(gen) -> dict:
         for k in sorted(set(n.tables)):
             w = _window(gen, n, k)
             if w is not None:
-                for op in [w.base, n.outer, *w.seeds, *w.rows_of]:
+                for op in [w.base, *w.seeds, *w.rows_of]:
                     out[op] = w
     return out
 
@@ -157,7 +158,7 @@ def emit_base(gen, w: Window, ind: int):
         x = gen.ref(o.operands[0])
         rows, cols = f"{x}.shape[0]", f"{x}.shape[1]"
     else:
-        rows, cols = (gen.ref(d) for d in o.operands)
+        rows, cols = (_text(gen, d) for d in o.operands)
     cur = gen.ref(r)
     name = gen.ref(w.nest.outer.regions[0].args[1 + w.slot])
     w.names = {"cur": cur, "up": gen.fresh(f"{cur}_up"), "rows": gen.fresh(f"{cur}_rows")}
@@ -171,13 +172,17 @@ def emit_base(gen, w: Window, ind: int):
 def emit_seed(gen, w: Window, op: Op, ind: int):
     row, col = op.operands[2:]
     rows = w.names["rows"]
-    r = gen.ref(row)
+    r = _text(gen, row)
     gen.line(ind, f"if not (0 <= {r} < {rows}):", op)
     gen.line(ind + 1, "raise IndexError('index out of range')", op)
     buf = w.names["cur" if w.seed_rows[op] == 0 else "up"]
     sym = "=" if op.name == "setitem" else "+="
     val = gen.val(op.operands[1], op.operands[0].type.dtype)
-    gen.line(ind, f"{buf}[{gen.ref(col)}] {sym} {val}", op)
+    gen.line(ind, f"{buf}[{_text(gen, col)}] {sym} {val}", op)
+
+
+def _text(gen, v: Value) -> str:
+    return gen.literals.get(v) or gen.ref(v)
 
 
 def row_buffer(w: Window, op: Op) -> str:
