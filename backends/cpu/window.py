@@ -158,7 +158,7 @@ def emit_base(gen, w: Window, ind: int):
         x = gen.ref(o.operands[0])
         rows, cols = f"{x}.shape[0]", f"{x}.shape[1]"
     else:
-        rows, cols = (_text(gen, d) for d in o.operands)
+        rows, cols = (gen.ref(d) for d in o.operands)
     cur = gen.ref(r)
     name = gen.ref(w.nest.outer.regions[0].args[1 + w.slot])
     w.names = {"cur": cur, "up": gen.fresh(f"{cur}_up"), "rows": gen.fresh(f"{cur}_rows")}
@@ -172,17 +172,14 @@ def emit_base(gen, w: Window, ind: int):
 def emit_seed(gen, w: Window, op: Op, ind: int):
     row, col = op.operands[2:]
     rows = w.names["rows"]
-    r = _text(gen, row)
+    r = gen.ref(row)
     gen.line(ind, f"if not (0 <= {r} < {rows}):", op)
     gen.line(ind + 1, "raise IndexError('index out of range')", op)
     buf = w.names["cur" if w.seed_rows[op] == 0 else "up"]
     sym = "=" if op.name == "setitem" else "+="
     val = gen.val(op.operands[1], op.operands[0].type.dtype)
-    gen.line(ind, f"{buf}[{_text(gen, col)}] {sym} {val}", op)
+    gen.line(ind, f"{buf}[{gen.ref(col)}] {sym} {val}", op)
 
-
-def _text(gen, v: Value) -> str:
-    return gen.literals.get(v) or gen.ref(v)
 
 
 def row_buffer(w: Window, op: Op) -> str:
