@@ -204,3 +204,61 @@ def test_generated_source_does_not_depend_on_addresses():
         vg(np.ones((3, 3)), 1.0)
         srcs.add(vg.source().split("\n", 1)[1])
     assert len(srcs) == 1
+
+
+# ----------------------------------------------------------- row pitch (rt_wave_pad)
+def test_l1_sets_and_pitch():
+    """A 4 KB row pitch starts every row in one L1 set; rt_pitch moves such rows one
+    cache line and one entry apart (64 + 8 bytes past a multiple of 4 KB for float64), and
+    leaves pitches that already spread over the sets alone."""
+    from dplang.backends.cpu import runtime as rt
+    assert rt.rt_l1_sets(64, 4096) == 1
+    assert rt.rt_l1_sets(64, 8192) == 1
+    assert rt.rt_l1_sets(64, 4104) == 8          # 513 float64: a set every 8 rows
+    assert rt.rt_l1_sets(64, 4000) >= 32         # 500 float64
+    assert rt.rt_l1_sets(3, 4096) == 1 and rt.rt_l1_sets(64, 64) == 64
+    for m, w in ((512, 8), (513, 8), (1024, 8), (1025, 8), (1024, 4), (4096, 1)):
+        p = rt.rt_pitch(m, w)
+        assert p >= m * w and p % 4096 == 64 + w and p % w == 0
+        assert rt.rt_l1_sets(64, p) >= 32
+    for m in (500, 1000, 7, 100):
+        assert rt.rt_pitch(m, 8) == m * 8
+
+
+def test_wave_pad_copies_only_tables_with_a_bad_pitch():
+    from dplang.backends.cpu import runtime as rt
+    x = rng.random((40, 512))
+    y = rt.rt_wave_pad(x, x.size)
+    assert y.ctypes.data != x.ctypes.data and y.strides[0] % 4096 == 72
+    assert np.array_equal(y[:, :512], x)
+    y[3, 5] = -1.0
+    rt.rt_wave_unpad(x, y)
+    assert x[3, 5] == -1.0 and np.array_equal(y[:, :512], x)
+    for z, cells in ((rng.random((40, 500)), 40 * 500),      # a good pitch
+                     (rng.random((40, 512)), 100),            # a nest much smaller
+                     (rng.random((8, 512)), 8 * 512)):        # few rows
+        w = rt.rt_wave_pad(z, cells)
+        assert w.ctypes.data == z.ctypes.data
+        before = z.copy()
+        rt.rt_wave_unpad(z, w)
+        assert np.array_equal(z, before)
+
+
+def test_tables_with_a_4k_pitch_give_the_same_bits(mods, monkeypatch):
+    """512 columns: D's rows are 4 KB apart and R's 4 KB + 8 bytes, so the nest works on
+    copies with wider rows; values and gradients are those of the nest on the tables
+    themselves, to the bit, and the interpreter's to 1e-12."""
+    cpu, interp = mods
+    src = cpu.soft_dtw.source()
+    assert "D_w = rt_wave_pad(D, " in src and "rt_wave_unpad(" in src
+    monkeypatch.setattr(cpu_wavefront, "PAD", False)
+    off = dp.compile(SRC + "\n# no padded copies\n", filename="wave_nopad.dp", backend="cpu")
+    assert "rt_wave_pad" not in off.soft_dtw.source()
+    for shape in ((40, 512), (70, 1024), (20, 513)):
+        D = rng.random(shape) * 2.0
+        for name in ("soft_dtw", "two_tables"):
+            v1, g1 = dp.value_and_grad(getattr(cpu, name))(D, 0.5)
+            v0, g0 = dp.value_and_grad(getattr(off, name))(D, 0.5)
+            assert v1 == v0 and np.array_equal(g1, g0)
+        want = interp.soft_dtw(D[:20, :], 0.5)
+        assert abs(cpu.soft_dtw(D[:20, :], 0.5) - want) <= 1e-12 * abs(want)

@@ -919,10 +919,11 @@ class FuncGen:
         self.line(ind, f"{n} -= 1", op)
         return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
-    def unchecked_load(self, x: Value, idx: str) -> str:
+    def unchecked_load(self, x: Value, idx: str, name: str | None = None) -> str:
         """``x[idx]`` through the runtime's unchecked accessor (indices proved in range
-        by backends/cpu/ranges.py); ``x`` an array or a scalar tape (a 1-D buffer)."""
-        return f"{self.mod.helper(f'rt_at{_rank(x)}')}({self.ref(x)}, {idx})"
+        by backends/cpu/ranges.py); ``x`` an array or a scalar tape (a 1-D buffer), read
+        from ``name`` if given (a copy of it with wider rows)."""
+        return f"{self.mod.helper(f'rt_at{_rank(x)}')}({name or self.ref(x)}, {idx})"
 
     def window_access(self, op: Op, idx: str, sym: str = "", val: str = "") -> str:
         """Access ``op`` (indices ``idx``: row, column) of a table kept as two rows
@@ -939,11 +940,12 @@ class FuncGen:
         acc = self.mod.helper("rt_put1" if sym == "=" else "rt_inc1")
         return f"{acc}({buf}, {col}, {val})"
 
-    def unchecked_store(self, x: Value, idx: str, sym: str, val: str) -> str:
+    def unchecked_store(self, x: Value, idx: str, sym: str, val: str,
+                        name: str | None = None) -> str:
         """The statement ``x[idx] = val`` (``sym`` "=") or ``x[idx] += val`` ("+="),
-        unchecked."""
+        unchecked; into ``name`` if given."""
         acc = self.mod.helper(("rt_put" if sym == "=" else "rt_inc") + str(_rank(x)))
-        return f"{acc}({self.ref(x)}, {idx}, {val})"
+        return f"{acc}({name or self.ref(x)}, {idx}, {val})"
 
     def wave_cell(self, op: Op, ind: int):
         """At the top of the inner loop of a reverse nest that reads tapes in wavefront

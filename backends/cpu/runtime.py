@@ -719,6 +719,58 @@ def rt_wave_rank(i, j, r0, r1, c0, c1, strip):
 
 
 @jit
+def rt_l1_sets(rows, pitch):
+    """How many of the 64 sets of a 48 KB, 12-way L1 data cache (64-byte lines) the
+    first min(rows, 64) rows of a table start in, for rows ``pitch`` bytes apart."""
+    seen = np.uint64(0)
+    for r in range(min(rows, 64)):
+        seen |= np.uint64(1) << np.uint64(((r * pitch) >> 6) & 63)
+    count = 0
+    while seen:
+        seen &= seen - np.uint64(1)
+        count += 1
+    return count
+
+
+@jit
+def rt_pitch(m, w):
+    """Bytes between the rows of a table of ``m`` entries of ``w`` bytes a row, for a
+    table visited by anti-diagonals: the row itself if the first 64 rows start in at
+    least 32 of the 64 sets of the L1 data cache, else the least multiple of 4 KB plus
+    ``64 + w`` that holds a row (the cells of a diagonal are then exactly one cache line
+    apart, in 64 different sets).  With a pitch near a multiple of 4 KB (512 or 1024
+    float64 columns) every line a strip of rows touches competes for one set and comes
+    from L2 (docs/performance.md, session 12)."""
+    if rt_l1_sets(64, m * w) >= 32:
+        return m * w
+    return (m * w + 4095 - 64 - w) // 4096 * 4096 + 64 + w
+
+
+@jit
+def rt_wave_pad(x, cells):
+    """The 2-D array a wavefront nest of ``cells`` cells reads (and writes) along
+    anti-diagonals: ``x`` itself if its rows are far enough apart in the L1 cache's
+    sets (rt_pitch), else a C-contiguous copy with rt_pitch's row pitch (columns past
+    ``x``'s are never touched: the nest's indices are ``x``'s).  Tables much larger than
+    the nest keep their layout (the copy would cost more than it saves)."""
+    n, m = x.shape
+    w = x.itemsize
+    if n < 16 or 2 * cells < n * m or rt_l1_sets(n, x.strides[0]) >= 32:
+        return x
+    buf = np.empty((n, rt_pitch(m, w) // w), x.dtype)
+    buf[:, :m] = x
+    return buf
+
+
+@jit
+def rt_wave_unpad(x, xw):
+    """After the nest: the entries written into ``xw`` (rt_wave_pad's copy) back in
+    ``x``; nothing when ``xw`` is ``x`` itself."""
+    if xw.ctypes.data != x.ctypes.data:
+        x[:, :] = xw[:, :x.shape[1]]
+
+
+@jit
 def rt_grow(buf):
     """A tape buffer twice as long, holding the entries of ``buf``."""
     out = np.empty(2 * buf.shape[0] + 1, buf.dtype)

@@ -12,7 +12,10 @@ the cells of one diagonal are independent, so the generated code computes a diag
    loop: no bounds checks, unit strides, nothing that aliases);
 3. *scatter*: the results written back into the tables.
 
-The table keeps its row-major layout, so everything else in the function is unchanged.
+The table keeps its row-major layout, so everything else in the function is unchanged;
+a table (or read array) whose row pitch is near a multiple of 4 KB is visited through a
+copy with wider rows (``rt_wave_pad``; the cells of a diagonal would otherwise all fall
+into one set of the L1 cache), copied back after the nest.
 Tape pushes (the soft-min weights reverse mode keeps) are written at the slot they have
 in row order, so the reverse sweep keeps its row order and pops them as before.  The
 table is visited in strips of ``STRIP`` rows, each strip by diagonals, so that the rows
@@ -176,6 +179,9 @@ def emit(gen, n: Nest, ind: int):
 # touches in the cache and the TLB, and are still long vectors.
 STRIP = 64
 
+# Working copies of tables with a row pitch near a multiple of 4 KB (rt_wave_pad).
+PAD = True
+
 
 def _classify(n: Nest):
     """The inner body's ops: index arithmetic (integers from i, j and invariants), loads,
@@ -277,6 +283,7 @@ class _Kernel:
             gen.line(ind, f"{done} = 0", n.outer)
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
         gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
+        pad = self.pad(ind, f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)")
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
             "strips", "s", "s_lo", "s_hi", "d", "lo", "cells", "k"))
         gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
@@ -302,9 +309,10 @@ class _Kernel:
         for op in self.loads:       # (k < cells <= STRIP: the buffers need no check)
             idx = gen.index_text(op, op.operands[1:])
             x = gen.ref(op.operands[0])
+            x = pad.get(x, x)
             if op in self.proved:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, "
-                                   f"{gen.unchecked_load(op.operands[0], idx)})", op)
+                                   f"{gen.unchecked_load(op.operands[0], idx, x)})", op)
             else:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, {x}[{idx}])", op)
         where = [cnt, lo, d] if self.uses_ij else [cnt]
@@ -327,10 +335,11 @@ class _Kernel:
             sym = "=" if op.name == "setitem" else "+="
             idx = gen.index_text(op, op.operands[2:])
             val = gen.literals[v] if v in gen.literals else f"{at1}({obuf[v]}, {k})"
+            name = pad.get(gen.ref(x), gen.ref(x))
             if op in self.proved:
-                gen.line(ind2 + 1, gen.unchecked_store(x, idx, sym, val), op)
+                gen.line(ind2 + 1, gen.unchecked_store(x, idx, sym, val, name), op)
             else:
-                gen.line(ind2 + 1, f"{gen.ref(x)}[{idx}] {sym} {val}", op)
+                gen.line(ind2 + 1, f"{name}[{idx}] {sym} {val}", op)
         y = ib.terminator
         gen.assign_slots(ind2, y, islots, y.operands, gen.ana.yield_copies, 0, y)
         # pushes go to the slots they have in row order, so the reverse sweep pops them in
@@ -360,11 +369,32 @@ class _Kernel:
                                                       val), op)
             else:
                 gen.line(ind + 3, f"{gen.ref(t)}[{gen.tape_count(t)} + {slot}] = {val}", op)
+        for x in dict.fromkeys(gen.ref(op.operands[0]) for op in self.stores):
+            if x in pad:                    # the padded copy's entries back in the table
+                gen.line(ind, f"{gen.mod.helper('rt_wave_unpad')}({x}, {pad[x]})", n.outer)
         for t, p in per_cell.items():
             cells = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"
             gen.line(ind, f"{gen.tape_count(t)} += {cells}" + (f" * {p}" if p > 1 else ""),
                      n.outer)
         self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
+
+    def pad(self, ind: int, cells: str) -> dict:
+        """{name: name of its working copy} for the 2-D arrays the nest reads or writes:
+        rt_wave_pad gives the array itself, or a copy with a row pitch that spreads the
+        rows of a strip over the L1 cache's sets (a 4 KB pitch puts them all in one)."""
+        gen = self.gen
+        if not PAD:
+            return {}
+        out = {}
+        for op in self.loads + self.stores:
+            x = op.operands[0]
+            if not (isinstance(x.type, T.Array) and x.type.ndim == 2) or gen.ref(x) in out:
+                continue
+            name = gen.fresh(gen.ref(x) + "_w")
+            gen.line(ind, f"{name} = {gen.mod.helper('rt_wave_pad')}({gen.ref(x)}, {cells})",
+                     self.n.outer)
+            out[gen.ref(x)] = name
+        return out
 
     def kernel(self, kname, gbuf, obuf, where, lo, cnt, k, d, i, j):
         """The kernel: its own function, without bounds checks (every index is a k <
