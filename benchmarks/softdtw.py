@@ -99,9 +99,10 @@ def main(argv=None):
     mod = dp.compile(SRC, filename="softdtw_bench.dp", backend=args.backend)
     vg = dp.value_and_grad(mod.soft_dtw)
     peers = {}
-    for name, make in (("tslearn", tslearn_version), ("JAX", jax_version),
-                       ("PyTorch (tslearn)", torch_version)):
-        if name.split()[0].lower() in args.skip:
+    for key, name, make in (("tslearn", "tslearn", tslearn_version),
+                            ("jax", "JAX", jax_version),
+                            ("torch", "PyTorch (tslearn)", torch_version)):
+        if key in args.skip:
             continue
         try:
             peers[name] = make(gamma)
