@@ -283,7 +283,8 @@ class _Kernel:
             gen.line(ind, f"{done} = 0", n.outer)
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
         gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
-        pad = self.pad(ind, f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)")
+        total = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"    # the nest's cells
+        pad = self.pad(ind, total)
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
             "strips", "s", "s_lo", "s_hi", "d", "lo", "cells", "k"))
         gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
@@ -309,7 +310,7 @@ class _Kernel:
         for op in self.loads:       # (k < cells <= STRIP: the buffers need no check)
             idx = gen.index_text(op, op.operands[1:])
             x = gen.ref(op.operands[0])
-            x = pad.get(x, x)
+            x = pad.get(x, x)               # (the working copy, if the nest has one)
             if op in self.proved:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, "
                                    f"{gen.unchecked_load(op.operands[0], idx, x)})", op)
@@ -373,8 +374,7 @@ class _Kernel:
             if x in pad:                    # the padded copy's entries back in the table
                 gen.line(ind, f"{gen.mod.helper('rt_wave_unpad')}({x}, {pad[x]})", n.outer)
         for t, p in per_cell.items():
-            cells = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"
-            gen.line(ind, f"{gen.tape_count(t)} += {cells}" + (f" * {p}" if p > 1 else ""),
+            gen.line(ind, f"{gen.tape_count(t)} += {total}" + (f" * {p}" if p > 1 else ""),
                      n.outer)
         self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
 
