@@ -74,6 +74,31 @@ def test_special_values(name, ours, ref, bound):
     assert close.all(), SPECIAL[fin][~close]
 
 
+@numba.njit
+def _exp_by_product(x):
+    """exp as 2^k (1 + q) with 2^k in two factors (rt_exp_join): the product rounds a
+    subnormal result once, which rt_exp reproduces without a subnormal operation."""
+    out = np.empty_like(x)
+    for i in range(x.size):
+        xc = min(max(x[i], -746.0), 710.0)
+        k, q = rt.rt_expm1_core(xc)
+        out[i] = rt.rt_exp_join(k, q)
+    return out
+
+
+def test_exp_matches_the_rounded_product_bit_for_bit():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-746, -700, 400_000), rng.uniform(700, 710, 100_000),
+                        rng.uniform(-750, 715, 200_000), -np.logspace(-300, 2.87, 10_000),
+                        [-708.396418532264, -708.3964185322641, -745.1332191019411,
+                         -745.1332191019412, -744.4400719213812, 709.782712893384,
+                         709.7827128933840 + 1e-13, -1022 * np.log(2), 1024 * np.log(2)]])
+    x = np.concatenate([x, np.nextafter(x, np.inf), np.nextafter(x, -np.inf)])
+    got, want = rt.rt_exp_a(x), _exp_by_product(x)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    assert (got[x < -708.4] < 2.2250738585072014e-308).all()    # the range it covers
+
+
 def test_shapes_and_dtypes():
     x = np.linspace(-3, 3, 24).reshape(2, 3, 4)
     np.testing.assert_allclose(rt.rt_exp_a(x), np.exp(x), rtol=3e-16)
