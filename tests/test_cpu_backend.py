@@ -220,6 +220,59 @@ def test_source_of_a_function_lists_its_callees(dtw):
     compile(src, "<generated>", "exec")         # valid Python
 
 
+INLINE_SRC = '''
+def leaf(x: f64[n]) -> f64:
+    return sum(x * x)
+
+def once(x: f64[n]) -> f64:
+    return leaf(x) + 1.0
+
+def sq(x: f64[n]) -> f64:
+    return sum(x) ** 2
+
+def twice(x: f64[n]) -> f64:
+    return sq(x) * sq(x + 1.0)
+
+def jit_inline(x: f64[n]) -> f64:
+    return max(x)
+
+def top(x: f64[n]) -> f64:
+    return once(x) + twice(x) - jit_inline(x)
+'''
+
+
+def _decorators(src: str) -> dict:
+    return dict((f, d) for d, f in re.findall(r"^@(\w+)\ndef (\w+)\(", src, re.M))
+
+
+def test_callees_with_one_call_site_are_inlined():
+    """Numba inlines a callee called from one place (``@jit_inline``); one called from
+    two places, and the function asked for, stay dispatchers (``@jit``)."""
+    mc = dp.compile(INLINE_SRC, filename="inline.dp", backend="cpu")
+    mi = dp.compile(INLINE_SRC, filename="inline.dp", backend="interp")
+    dec = _decorators(mc.top.source())
+    assert dec.pop("top") == "jit" and dec.pop("sq") == "jit"
+    assert sorted(dec.values()) == ["jit_inline"] * 4, dec     # leaf, once, twice, jit_inline
+    assert "jit_inline = numba.njit(" in mc.top.source()
+    assert _decorators(mc.once.source()) == {"leaf": "jit_inline", "once": "jit"}
+    assert "jit_inline = " not in mc.sq.source()
+    x = rng.standard_normal(7)
+    for name in ("top", "once", "twice", "jit_inline"):
+        assert getattr(mc, name)(x) == pytest.approx(getattr(mi, name)(x), rel=1e-13)
+    g_cpu, g_ref = dp.grad(mc.top)(x), dp.grad(mi.top)(x)
+    np.testing.assert_allclose(g_cpu, g_ref, rtol=1e-12)
+
+
+def test_a_callee_with_an_objmode_block_is_not_inlined(monkeypatch):
+    from dplang.backends.cpu import codegen
+    monkeypatch.delattr(codegen.FuncGen, "p_softplus")
+    src = ("def h(x: f64[n]) -> f64[n]:\n    return softplus(x) * 2.0\n\n"
+           "def k(x: f64[n]) -> f64:\n    return sum(h(x))\n")
+    mc = dp.compile(src, filename="fallback_inline.dp", backend="cpu")
+    assert _decorators(mc.k.source()) == {"h": "jit", "k": "jit"}
+    x = rng.standard_normal(5)
+    assert mc.k(x) == pytest.approx(2.0 * np.log1p(np.exp(x)).sum(), rel=1e-14)
+
 def test_objmode_fallback_for_a_primitive_without_compiled_form(monkeypatch):
     """A primitive the code generator does not know (one added later) still runs: its
     NumPy reference is called from compiled code."""
