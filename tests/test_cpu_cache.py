@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from dplang.backends.cpu import native
@@ -175,3 +176,39 @@ def test_unwritable_cache_falls_back_to_a_temporary_directory(tmp_path):
     blocker.write_text("not a directory")
     out = run(blocker / "sub")
     assert out["value"] == pytest.approx(14 ** 0.5)
+
+
+OBJMODE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import dplang as dp
+    from dplang.backends import cpu
+    from dplang.backends.cpu import codegen
+    del codegen.FuncGen.p_softplus          # softplus then runs in an objmode block
+    src = """
+    def h(x: f64[n]) -> f64[n]:
+        return softplus(x) * 2.0
+
+    def k(x: f64[n]) -> f64:
+        return sum(h(x))
+    """
+    m = dp.compile(src, filename="objmode_callee.dp", backend="cpu")
+    st = cpu.stats()
+    st["value"] = m.k(np.arange(3.0))
+    print(json.dumps(cpu.stats() | {"value": st["value"]}))
+''')
+
+
+def test_a_callee_with_an_objmode_block_runs_in_a_second_process(tmp_path):
+    """The objmode block calls the module's Python globals, which saved machine code does
+    not carry: such a module stays on Numba's path (it once failed with a NameError in
+    every process after the first)."""
+    env = dict(os.environ, DPLANG_CACHE=str(tmp_path), DPLANG_NATIVE="1")
+    want = 2.0 * float(np.log1p(np.exp(np.arange(3.0))).sum())
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", OBJMODE_SCRIPT], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        st = json.loads(p.stdout.strip().splitlines()[-1])
+        assert abs(st["value"] - want) <= 1e-14 * want
+        assert st["native"] == 0

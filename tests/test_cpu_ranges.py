@@ -53,6 +53,22 @@ def four(D: f64[n, m, 2, 2], g: f64) -> f64:
             R[i, j] = D[i - 1, j - 1, 1, 0] + min(R[i - 1, j], R[i, j - 1])
     return R[n, m]
 
+# descending loops written by hand (no tape): the nest gets the hoisted test as a
+# reverse sweep does; down_over reads one column too far at its first iteration
+def down(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(n, 0, -1):
+        for j in range(m, 0, -1):
+            R[i - 1, j - 1] = D[i - 1, j - 1] * R[i, j - 1] + R[i, j] + 1.0
+    return R[0, 0]
+
+def down_over(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(n, 0, -1):
+        for j in range(m, 0, -1):
+            R[i - 1, j - 1] = D[i - 1, j] + R[i, j]
+    return R[0, 0]
+
 # the left neighbour is rewritten in the iteration too: its adjoint is read and
 # written there as well, so it cannot travel in a local
 def feed_back(D: f64[n, m], a: f64) -> f64:
@@ -100,6 +116,20 @@ def test_out_of_range_is_still_the_located_error(mods):
         assert str(e_int.value).splitlines()[0] in str(e_cpu.value)
     # an empty nest runs nothing, so it cannot fail
     assert cpu.overrun(np.zeros((0, 4)), 0.5) == interp.overrun(np.zeros((0, 4)), 0.5)
+
+
+def test_descending_nests_without_a_tape(mods):
+    cpu, interp = mods
+    D = rng.random((6, 5))
+    assert "index checks hoisted" in cpu.down.source()
+    assert cpu.down(D) == pytest.approx(interp.down(D), rel=1e-14)
+    np.testing.assert_allclose(dp.grad(cpu.down)(D), dp.grad(interp.down)(D), rtol=1e-13)
+    with pytest.raises(dp.DPError) as e_cpu:
+        cpu.down_over(D)
+    with pytest.raises(dp.DPError) as e_int:
+        interp.down_over(D)
+    assert "ranges.dp:" in str(e_cpu.value)
+    assert str(e_int.value).splitlines()[0] in str(e_cpu.value)
 
 
 def test_negative_indices_keep_their_numpy_meaning(mods):

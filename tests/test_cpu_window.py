@@ -28,6 +28,9 @@ def two_seeds(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return R[n, m
 @smooth(entropy, gamma=gamma)
 def far_seed(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return R[n, m] + 0.5 * R[n - 2, m]
 
+# hard DTW: a reverse sweep that pops no tape (it compares the table's entries again)
+def hard_dtw(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return gamma * R[n, m]
+
 # the table's adjoint is the gradient: used after the sweep, the whole table is kept
 # (smoothed, so that its reverse sweep pops the soft-max weights and gets a hoisted test)
 @smooth(entropy, gamma=gamma)
@@ -51,14 +54,15 @@ def _grad(mod, name, *args):
 
 
 @pytest.mark.parametrize("name, windowed", [("soft_dtw", True), ("two_seeds", True),
-                                            ("far_seed", False), ("relax", False)])
+                                            ("hard_dtw", True), ("far_seed", False),
+                                            ("relax", False)])
 def test_which_sweeps_keep_two_rows_and_their_gradients(mods, name, windowed):
     cpu, interp = mods
     D = rng.random((37, 29)) * 3.0
     args = (D, 0.7)
     src = dp.value_and_grad(getattr(cpu, name)).source()
-    # every one is a reverse sweep with a hoisted test (a candidate): only the
-    # conditions of window.plan decide
+    # every one is a reverse sweep (descending loops) with a hoisted test (a
+    # candidate), with or without a tape: only the conditions of window.plan decide
     assert "index checks hoisted out of the nest" in src
     assert ("keeps two rows (backends/cpu/window.py)" in src) == windowed
     if windowed:                    # two rows of the width of the table, turned per row
@@ -77,13 +81,15 @@ def test_two_rows_give_the_same_bits_as_the_whole_table(monkeypatch):
     on = dp.compile(SRC, filename="window_on.dp", backend="cpu")
     results = {}
     for D in (rng.random(s) for s in shapes):
-        results[D.shape] = (D, _grad(on, "soft_dtw", D, 0.3), _grad(on, "two_seeds", D, 0.3))
+        results[D.shape] = (D, *(_grad(on, f, D, 0.3) for f in ("soft_dtw", "two_seeds",
+                                                                 "hard_dtw")))
     monkeypatch.setattr(window, "plan", lambda gen: {})
     off = dp.compile(SRC + "\n# windows off\n", filename="window_off.dp", backend="cpu")
     assert "keeps two rows" not in dp.value_and_grad(off.soft_dtw).source()
-    for D, sd, ts in results.values():
+    for D, sd, ts, hd in results.values():
         for got, want in ((sd, _grad(off, "soft_dtw", D, 0.3)),
-                          (ts, _grad(off, "two_seeds", D, 0.3))):
+                          (ts, _grad(off, "two_seeds", D, 0.3)),
+                          (hd, _grad(off, "hard_dtw", D, 0.3))):
             assert got[0] == want[0]
             np.testing.assert_array_equal(got[1], want[1])
 

@@ -156,7 +156,9 @@ def compiled_function(program: Program, key: str, vals: list):
     if not digest:
         digest = gen.digest = _cache.digest_of(gen.text)
     fname = gen.names[key]
-    spec = _native.spec_of_values(vals)
+    # (a module with an objmode block stays on Numba's path: the block calls back into
+    # the module's Python globals, which saved machine code does not carry)
+    spec = None if gen.objmode else _native.spec_of_values(vals)
     nat = _native_path(digest, fname, spec)
     if nat is not None:
         with _lock:

@@ -422,14 +422,15 @@ class FuncGen:
         self.waves = wavefront.plan(self)
         # accesses whose indices a hoisted test proved in range (backends/cpu/ranges.py),
         # and the nests that keep row order but get such a test: reverse sweeps (they
-        # pop a tape); forward nests measured faster with Numba's per-access checks
+        # pop a tape, or descend); ascending nests measured faster with Numba's
+        # per-access checks
         self.unchecked: set = set()
         self.early: set = set()                 # ops emitted before their loop
         self.carry_of: dict = {}                # read/add op -> its Carry's local
         self.carry_loops: dict = {}             # inner for -> [(local, Carry)]
         self.rows = {} if not mod.boundscheck else {
             n.outer: n for n in wavefront.wavefront_nests(func)
-            if n.outer not in self.waves and n.pops}
+            if n.outer not in self.waves and (n.pops or n.sign == -1)}
         # (a reverse nest reads wavefront-order tapes by slot: it needs its bounds, which
         # the hoisted emission of self.rows computes before its loops)
         self.wave_tapes = {t: b for t, b in self.wave_tapes.items() if b.outer in self.rows}

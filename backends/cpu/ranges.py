@@ -20,8 +20,9 @@ replays the call on the interpreter, which reports the located error (``__init__
 
 Tape pops in the nest (a reverse sweep) are proved the same way: the tape holds at least
 as many entries as the nest pops.  Codegen uses this for wavefront nests and for
-row-order nests that pop a tape; other row-order nests measured faster with Numba's own
-checks (docs/backend_cpu.md, "Hoisted bounds checks and register carries").
+row-order nests that pop a tape or descend (reverse sweeps); ascending row-order nests
+measured faster with Numba's own checks (docs/backend_cpu.md, "Hoisted bounds checks
+and register carries").
 """
 from __future__ import annotations
 
