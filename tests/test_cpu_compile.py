@@ -137,6 +137,33 @@ def test_dtw_module_with_gradient(outdir):
     np.testing.assert_allclose(got[4], m.sqeuclidean(x, y), rtol=1e-12)
 
 
+def test_stdlib_callees_are_inlined_in_a_standalone_module(outdir):
+    """The stdlib functions a file calls (not its own: those are entry points) are
+    compiled into their one caller (``@jit_inline``, docs/backend_cpu.md)."""
+    from dplang.backends.cpu.cache import cache_root
+    src_text = ("from std.align import soft_dtw_series\n\n"
+                "def loss(x: f64[n, d], y: f64[m, d]) -> f64:\n"
+                "    return soft_dtw_series(x, y, 0.5)\n")
+    src = os.path.join(cache_root(), "standalone-tests", "sdtw_loss.dp")
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    if not os.path.exists(src) or open(src).read() != src_text:
+        with open(src, "w") as fh:
+            fh.write(src_text)
+    path = compile_to(outdir, src, "--grad", "loss")
+    text = open(path).read()
+    assert "jit_inline = numba.njit(" in text
+    for callee in ("std_align_soft_dtw", "std_align_sqeuclidean"):
+        assert f"@jit_inline\ndef {callee}(" in text
+    # soft_dtw_series is imported into the file, so it is one of its entry points
+    assert "@jit\ndef std_align_soft_dtw_series(" in text
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((6, 2)), rng.standard_normal((5, 2))
+    got = run_standalone(path, [["loss", [x.tolist(), y.tolist()]],
+                                ["grad_loss", [x.tolist(), y.tolist()]]])
+    m = dp.compile(src_text, filename=src, backend="interp")
+    assert got[0] == pytest.approx(m.loss(x, y), rel=1e-12)
+    np.testing.assert_allclose(got[1], dp.grad(m.loss)(x, y), rtol=1e-11, atol=1e-14)
+
 def test_control_flow_module(outdir):
     path = compile_to(outdir, CONTROL)
     m = dp.load(CONTROL, backend="interp")
