@@ -262,3 +262,51 @@ def test_tables_with_a_4k_pitch_give_the_same_bits(mods, monkeypatch):
             assert v1 == v0 and np.array_equal(g1, g0)
         want = interp.soft_dtw(D[:20, :], 0.5)
         assert abs(cpu.soft_dtw(D[:20, :], 0.5) - want) <= 1e-12 * abs(want)
+
+
+def test_kernels_run_whole_vectors_with_the_same_bits(mods, monkeypatch):
+    """Diagonals are computed in whole vectors of LANES cells (the lanes past the
+    diagonal are never read; tapes written by the kernel have LANES entries of slack):
+    values and gradients are those of kernels that stop at the last cell, to the bit."""
+    cpu, _ = mods
+    assert cpu_wavefront.LANES == 8
+    src = dp.value_and_grad(cpu.soft_dtw).source()
+    assert "lanes = (cells + 7) & -8" in src and ", lanes, " in src
+    assert "tape = np.empty(max(" in src and ", 1) + 8, np.float64)" in src
+    monkeypatch.setattr(cpu_wavefront, "LANES", 0)
+    off = dp.compile(SRC + "\n# exact cell counts\n", filename="wave_cells.dp", backend="cpu")
+    assert "lanes = (" not in dp.value_and_grad(off.soft_dtw).source()
+    for shape in ((1, 1), (1, 9), (9, 2), (7, 7), (13, 70), (65, 66), (130, 41)):
+        D = rng.random(shape) * 2.0
+        for name in ("soft_dtw", "two_tables"):
+            for gamma in (0.5, 0.01):
+                v1, g1 = dp.value_and_grad(getattr(cpu, name))(D, gamma)
+                v0, g0 = dp.value_and_grad(getattr(off, name))(D, gamma)
+                assert v1 == v0 and np.array_equal(g1, g0)
+
+
+
+IJ_SRC = '''
+# a kernel that computes with the cell's indices (lanes past the diagonal get indices
+# past it too: harmless, nothing reads them)
+def by_index(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = exp(-D[i - 1, j - 1] ** (j - m - 1)) + 0.5 * max(R[i - 1, j], R[i, j - 1]) / i
+    return R[n, m]
+'''
+
+
+def test_whole_vectors_in_a_kernel_that_uses_the_indices(monkeypatch):
+    on = dp.compile(IJ_SRC, filename="wave_ij.dp", backend="cpu")
+    interp = dp.compile(IJ_SRC, filename="wave_ij.dp", backend="interp")
+    assert "lanes = (cells + 7) & -8" in on.by_index.source()
+    assert "i = lo + k" in on.by_index.source().split("@jit\n")[0]      # (in the kernel)
+    monkeypatch.setattr(cpu_wavefront, "LANES", 0)
+    off = dp.compile(IJ_SRC + "# exact\n", filename="wave_ij_off.dp", backend="cpu")
+    for shape in ((1, 1), (5, 3), (9, 11), (70, 20)):
+        D = rng.random(shape) + 0.5
+        assert on.by_index(D) == off.by_index(D)
+        assert on.by_index(D) == pytest.approx(interp.by_index(D), rel=1e-13)
+        np.testing.assert_array_equal(dp.grad(on.by_index)(D), dp.grad(off.by_index)(D))

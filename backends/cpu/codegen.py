@@ -809,6 +809,8 @@ class FuncGen:
         # and never grows: no reassignment of the buffer inside the loops
         if op.name == "tape_new":
             size = f"max({self.ref(op.operands[0])}, 1)" if sized else "256"
+            if tape in self.wave_tapes and wavefront.LANES:   # (kernels write whole vectors)
+                size += f" + {wavefront.LANES}"
             self.line(ind, f"{t} = np.empty({size}, {NPDT[elem.dtype]})", op)
             return self.line(ind, f"{n} = 0", op)
         if op.name == "tape_push":
