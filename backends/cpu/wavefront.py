@@ -185,9 +185,11 @@ PAD = True
 # The kernel is called for a whole number of vectors of this many cells (8 float64
 # lanes with AVX-512, two vectors of 4 with AVX2): a diagonal's last cells otherwise go
 # through LLVM's scalar remainder loop, which dominated small tables (soft-DTW value at
-# n = 32: 16.9 -> 11.4 us, 3% at n = 512).  The lanes past the diagonal compute on what
-# the buffers hold (zeros, or an earlier diagonal's cells) and are never read; outputs
-# written straight into a tape get LANES entries of slack at its end.  Nothing a kernel
+# n = 32: 21 -> 16 us, 9% at n = 512: docs/backend_cpu.md, "Whole vectors"; STRIP is a
+# multiple of LANES, so a rounded count still fits the buffers).  The lanes past the
+# diagonal compute on what the buffers hold (zeros, or an earlier diagonal's cells) and
+# are never read; outputs written straight into a tape get LANES entries of slack at
+# its end.  Nothing a kernel
 # computes can raise (a nest with an assert that depends on the cell gets no kernel,
 # and an integer exponent of a float is cast to float first: Numba raises for
 # 0.0 ** -1 only).  0: off.
