@@ -69,6 +69,15 @@ def rows(x: f64[n, m]) -> f64:
         s += sum(sin(V[i - 1, :]) * V[i, :])
         V[i, :] = V[i - 1, :] * 0.5
     return s
+
+def until(x: f64[n], limit: f64) -> f64:
+    # a while loop (no trip count for reverse mode) taping an array of one shape
+    v = x * 1.0
+    k = 0
+    while sum(v * v) < limit and k < 50:
+        v = sin(v) * 1.5 + x
+        k = k + 1
+    return sum(v * v)
 '''
 
 
@@ -145,14 +154,15 @@ def test_hvp_against_finite_differences(mods, name):
         np.testing.assert_allclose(hv, fd, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["chain_min", "grows", "nested", "rows", "steps"])
+@pytest.mark.parametrize("name", ["chain_min", "grows", "nested", "rows", "steps", "until"])
 def test_gradients_agree_and_pass_the_dot_product_test(mods, name):
     cpu, interp = mods
     args = {"chain_min": lambda: [rng.standard_normal((6, 3, 3)), 0.4],
             "steps": lambda: [rng.standard_normal((4, 3, 5)), rng.standard_normal(5)],
             "grows": lambda: [rng.standard_normal(7) * 0.5],
             "nested": lambda: [rng.standard_normal((3, 4)), 3],
-            "rows": lambda: [rng.standard_normal((5, 4))]}[name]()
+            "rows": lambda: [rng.standard_normal((5, 4))],
+            "until": lambda: [rng.standard_normal(4) * 0.3, 40.0]}[name]()
     gc = dp.grad(getattr(cpu, name))(*args)
     gi = dp.grad(getattr(interp, name))(*args)
     np.testing.assert_allclose(gc, gi, rtol=1e-12, atol=1e-13)
@@ -167,7 +177,7 @@ def test_gradients_agree_and_pass_the_dot_product_test(mods, name):
 
 
 def test_tape_kinds_in_the_generated_source(mods):
-    cpu, _ = mods
+    cpu, interp = mods
     # x[:t] changes length, and exp(y) is not written after the push: a list, no copies
     g = dp.grad(cpu.grows)
     g(rng.standard_normal(5))
@@ -177,7 +187,14 @@ def test_tape_kinds_in_the_generated_source(mods):
     g(rng.standard_normal((3, 4)))
     src = g.source()
     assert "np.empty((tape_cap,) + old.shape, np.float64)" in src
-    assert "tape[tape_n] = old" in src
+    assert "rt_set_into1(tape[tape_n], old)" in src
+    # the same without a capacity (a while loop): a buffer that doubles when full
+    g = dp.grad(cpu.until, wrt=0)
+    x = rng.standard_normal(4) * 0.3
+    gc = g(x, 40.0)
+    src = g.source()
+    assert "typed.List" not in src and "= rt_grow_rows(tape" in src
+    np.testing.assert_allclose(gc, dp.grad(interp.until, wrt=0)(x, 40.0), rtol=1e-12)
 
     # arrays of one shape computed by code that can write into a given array (a fused
     # loop, a soft operator's weights along rows) are computed in their tape entry,

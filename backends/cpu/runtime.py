@@ -790,6 +790,17 @@ def rt_grow(buf):
     return out
 
 
+@jit
+def rt_grow_rows(buf, n, x):
+    """A tape buffer of arrays (entries along axis 0) with room for twice as many, the
+    first ``n`` entries copied; ``x`` (the array about to be pushed) gives the entries'
+    shape (the buffer starts empty, with zero-length axes)."""
+    out = np.empty((2 * n + 8,) + x.shape, buf.dtype)
+    if n > 0:
+        out[:n] = buf[:n]
+    return out
+
+
 # ---------------------------------------------------------------- linear algebra
 # float products go to BLAS (np.dot on contiguous operands); agreement with NumPy's @ is
 # to rounding, as between any two BLAS calls
