@@ -782,8 +782,9 @@ class FuncGen:
 
     def tape_op(self, op: Op, ind: int):
         """Tapes of scalars are a growable NumPy buffer and a count (two locals); tapes of
-        arrays of one shape with a capacity a buffer with one more axis, allocated at the
-        first push; other tapes of arrays a typed list of C-contiguous copies."""
+        arrays of one shape a buffer with one more axis (allocated at the first push with
+        a capacity, growable without one); other tapes of arrays a typed list (docs/
+        backend_cpu.md, "Tapes")."""
         tape = op.results[0] if op.name == "tape_new" else op.operands[0]
         elem = tape.type.elem
         t = self.ref(tape)
