@@ -939,7 +939,8 @@ class FuncGen:
         a second or two per element type and module."""
         elem = tape.type.elem
         return isinstance(elem, T.Array) and isinstance(tape.owner, Op) and \
-            not tape.owner.operands and all(isinstance(d, (int, T.Sym)) for d in elem.shape)
+            not tape.owner.operands and 1 <= elem.ndim <= 3 and \
+            all(isinstance(d, (int, T.Sym)) for d in elem.shape)
 
     def grow_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
         """growable_fixed_tape's tape: entries along the first axis of one buffer that
