@@ -498,3 +498,39 @@ def test_prefetch_is_an_llvm_prefetch_that_changes_nothing():
     np.testing.assert_array_equal(buf, before)
     ir = f.inspect_llvm(f.signatures[0])
     assert "llvm.prefetch" in ir
+
+
+def test_sparse_max_of_two_or_three_scalars_has_the_array_paths_bits():
+    """rt_smaxn's scalar path for l2 with at most three entries (rt_sparse_small: a DP
+    cell's sparse max without arrays) gives rt_smax1's bits: random entries over many
+    scales, ties, infinities, NaN and signed zeros, gamma from 1e-9 to 1e3."""
+    import numba
+    from dplang.backends.cpu import runtime as rt
+
+    @numba.njit
+    def small(g, s, z):
+        if z.size == 1:
+            return rt.rt_smaxn(g, True, s, (z[0],))
+        if z.size == 2:
+            return rt.rt_smaxn(g, True, s, (z[0], z[1]))
+        return rt.rt_smaxn(g, True, s, (z[0], z[1], z[2]))
+
+    @numba.njit
+    def by_array(g, s, z):
+        return s * rt.rt_smax1(s * z, g, True)
+
+    r = np.random.default_rng(17)
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1.0, 1e-300, 5e-324, 1e300])
+    for _ in range(20000):
+        n = int(r.integers(1, 4))
+        kind = r.random()
+        if kind < 0.6:
+            z = r.standard_normal(n) * 10.0 ** r.uniform(-3, 3)
+        elif kind < 0.8:
+            z = r.choice([0.0, 1.0, 2.0, -1.0], n)
+        else:
+            z = np.where(r.random(n) < 0.5, r.choice(special, n), r.standard_normal(n))
+        g, s = 10.0 ** r.uniform(-9, 3), float(r.choice([1.0, -1.0]))
+        got, want = small(g, s, z), by_array(g, s, z)
+        assert (got != got and want != want) or \
+            np.float64(got).view(np.int64) == np.float64(want).view(np.int64), (z, g, s)

@@ -1561,6 +1561,9 @@ def rt_smaxn(gamma, l2, sign, xs):
     rt_wide()
     rt_check_gamma(gamma)
     n = len(xs)
+    if l2 and n <= 3 and gamma < np.inf:
+        return sign * rt_sparse_small(gamma, sign * xs[0], sign * xs[n // 2],
+                                      sign * xs[n - 1], n)
     if l2 or n >= 8:
         z = np.empty(n, np.float64)
         k = 0
@@ -1580,6 +1583,75 @@ def rt_smaxn(gamma, l2, sign, xs):
     for x in xs:
         s += math.exp((sign * x - m) * rg)
     return sign * (m + gamma * math.log(s))
+
+
+@jit
+def rt_sparse_small(gamma, z0, z1, z2, n):
+    """rt_smax1(z, gamma, l2=True) of the n <= 3 entries z0, (z1,) z2 (n = 2: z0, z2;
+    n = 1: z0), in scalars: no array per call (a DP cell's sparse max took about 480
+    ns in allocations and a sort).  The same operations in the same order as
+    rt_sparsemax1 and rt_smax1 (the sort a three-entry network, the cumulative and
+    pairwise sums sequential), so the same bits (tests/test_cpu_backend.py)."""
+    if n == 1:
+        z1 = z0
+        z2 = z0
+    elif n == 2:
+        z1 = z2
+    m = z0                                  # rt_max1, NaN first
+    m = z1 if z1 > m else m
+    m = z2 if z2 > m else m
+    if z0 != z0:
+        m = z0
+    elif z1 != z1:
+        m = z1
+    elif z2 != z2:
+        m = z2
+    if not np.isfinite(m):
+        return m
+    w0 = (z0 - m) / gamma
+    w1 = (z1 - m) / gamma
+    w2 = (z2 - m) / gamma
+    # descending a >= b >= c
+    a, b = (w0, w1) if w0 >= w1 else (w1, w0)
+    if n == 3:
+        c = w2
+        if c > b:
+            b, c = c, b
+            if b > a:
+                a, b = b, a
+    c1 = 0.0 + a
+    c2 = c1 + b
+    kz = 1
+    if 1.0 + 2.0 * b > c2:
+        kz = 2
+    tau = (c1 - 1.0) / 1
+    if n == 3:
+        c3 = c2 + c
+        if 1.0 + 3.0 * c > c3:
+            kz = 3
+    if n == 1:
+        kz = 1
+    if kz == 2:
+        tau = (c2 - 1.0) / 2
+    elif kz == 3:
+        tau = (c3 - 1.0) / 3
+    d0 = w0 - tau
+    q0 = d0 if d0 > 0.0 else 0.0
+    lin = q0 * (z0 - m) if q0 > 0 else 0.0
+    lin = lin - lin if lin == 0 else lin
+    sq = q0 * q0
+    sq = sq - sq if sq == 0 else sq
+    if n >= 2:
+        d2 = w2 - tau
+        q2 = d2 if d2 > 0.0 else 0.0
+        if n == 3:
+            d1 = w1 - tau
+            q1 = d1 if d1 > 0.0 else 0.0
+            lin += q1 * (z1 - m) if q1 > 0 else 0.0
+            sq += q1 * q1
+        lin += q2 * (z2 - m) if q2 > 0 else 0.0
+        sq += q2 * q2
+    return m + lin - gamma / 2 * sq
 
 
 @jit
