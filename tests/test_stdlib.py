@@ -244,6 +244,54 @@ def test_sparse_dtw(align, g):
                                / (2 * h), rel=1e-6)
 
 
+SPARSE_CELLS = """
+from std.align import sparse_dtw
+
+@smooth(l2, gamma=g)
+def two(x: f64[n], g: f64) -> f64:
+    s = 0.0
+    for i in range(1, n):
+        s = s + max(x[i - 1] * x[i], x[i] + s * 0.5)
+    return s
+"""
+
+
+def test_sparse_cells_in_scalar_ops_match_the_array_route(monkeypatch):
+    """The weights of a sparse (l2) max of two or three scalars are built in scalar ops
+    (ir/primitives/soft.py, _l2_cell); the same program with the array route (sargmax of
+    the stacked entries) gives the same gradients, gamma derivatives and Hessian-vector
+    products, also with infinite entries (the table's borders) and ties."""
+    from dplang.ir.primitives import soft
+    cases = [rng.random((6, 5)) * 3, np.floor(rng.random((7, 7)) * 3),   # ties
+             np.where(rng.random((6, 6)) < 0.2, inf, rng.random((6, 6)))]  # inf costs
+    x = rng.standard_normal(9)
+    vs = [rng.standard_normal(D.shape) for D in cases]
+
+    def results(route):
+        monkeypatch.setattr(soft, "SCALAR_L2", route)
+        m = dp.compile(SPARSE_CELLS + f"# scalar route: {route}\n",
+                       filename=f"sparse_cells_{route}.dp", backend="cpu")
+        vg, dg, hv = (dp.value_and_grad(m.sparse_dtw), dp.grad(m.sparse_dtw, wrt=1),
+                      dp.hvp(m.sparse_dtw))
+        out = [(vg(D, g), dg(D, g), hv(D, g, V)) for D, V in zip(cases, vs)
+               for g in (1.0, 0.1, 1e-3)]
+        out.append([dp.grad(m.two)(x, g) for g in (1.0, 0.05)])
+        return out, vg.source()
+
+    new, src_new = results(True)
+    old, src_old = results(False)
+    # the array route stacks each cell's entries; the scalar route allocates nothing
+    assert "np.array((" in src_old and "np.array((" not in src_new
+    for (v1, g1), d1, h1 in new[:-1]:
+        assert np.isfinite(g1).all() and np.isfinite(h1).all()
+    for ((v1, g1), d1, h1), ((v0, g0), d0, h0) in zip(new[:-1], old[:-1]):
+        assert v1 == v0
+        np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-15)
+        assert d1 == pytest.approx(d0, rel=1e-12, abs=1e-15)
+        np.testing.assert_allclose(h1, h0, rtol=1e-10, atol=1e-12)
+    for a, b in zip(new[-1], old[-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
 def test_soft_dtw_divergence(align):
     x, y = rng.standard_normal((5, 2)), rng.standard_normal((4, 2))
     for g in (1.0, 0.1):

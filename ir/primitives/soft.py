@@ -474,6 +474,9 @@ def soft_choice(xs, gamma, z, reg, sign):
     d/d gamma.  The operands are stacked along a new axis 0 and sargmax'ed along it."""
     if reg == "entropy" and all(not isinstance(x.type, T.Array) for x in list(xs) + [z]):
         return _scalar_entropy_choice(xs, gamma, z, sign)
+    if SCALAR_L2 and reg == "l2" and len(xs) <= 3 and \
+            all(not isinstance(x.type, T.Array) for x in list(xs) + [z]):
+        return _scalar_l2_choice(xs, gamma, z, sign)
     v = array(*[spread(x.astype(z.dtype), z) for x in xs])
     q = (sargmax if sign > 0 else sargmin)(v, gamma, reg=reg, axis=0)
     return [q[k] for k in range(len(xs))], _smax_dgamma(q, reg, (0,), sign)
@@ -492,6 +495,89 @@ def _scalar_entropy_choice(xs, gamma, z, sign):
     v = array(*xs)
     q = (sargmax if sign > 0 else sargmin)(v, gamma, reg="entropy", axis=0)
     return w, _smax_dgamma(q, "entropy", (0,), sign)
+
+
+# l2 weights of two or three scalars in scalar ops (False: the array route, which tests
+# compare against)
+SCALAR_L2 = True
+
+
+def _scalar_l2_choice(xs, gamma, z, sign):
+    """``soft_choice`` for two or three scalars under l2, in scalar arithmetic (a DP
+    cell's reverse step allocates nothing): the weights of ``_l2_cell`` and d/d gamma
+    = -||q||^2 / 2 (Danskin; smin flips the sign)."""
+    xs = [x.astype(z.dtype) for x in xs]
+    g = lift(gamma).astype(z.dtype)
+    w = [E(v) for v in _l2_cell(builder(), g.v, [x.v for x in xs], sign)]
+    sq = w[0] * w[0]
+    for q in w[1:]:
+        sq = sq + q * q
+    d = -sq / 2.0
+    return w, (d if sign > 0 else -d)
+
+
+def _l2_cell(b, gamma, xs, sign):
+    """The sparsemax weights of smaxn (sign 1) / sminn (-1) of one to three scalars, in
+    elementary ops: the sort-based projection of ``sparsemax_rows`` (Martins & Astudillo
+    2016) with a sorting network.  With w_k = s (x_k - m) / gamma (m the s-extreme), the
+    support is the largest prefix of the sorted w where 1 + k w_(k) > w_(1) + ... +
+    w_(k), tau = (that sum - 1) / k and q_k = max(w_k - tau, 0) (tau's derivative taken
+    from the unsorted entries of the support, below).  An entry at -s*inf
+    stands in as w = -2 (never in the support: tau >= -1) and its difference to m is
+    taken as 0, so no inf reaches a product (derivatives of any order stay finite);
+    when m is infinite the weight is spread over the ties, as ``_entropy_cell`` does."""
+    dt = xs[0].type.dtype
+    c = lambda v: b.const(v, T.Scalar(dt))                      # noqa: E731
+    inf, zero, one = c(INF), c(0.0), c(1.0)
+    neg = (lambda v: v) if sign > 0 else (lambda v: b.prim("neg", v))  # noqa: E731
+    zs = [neg(x) for x in xs]
+    m = b.prim("maxn", *zs)
+    fin = b.prim("lt", b.prim("abs", m), inf)
+    mf = b.prim("where", fin, m, zero)
+    ws = []
+    for zk in zs:
+        fk = b.prim("lt", b.prim("abs", zk), inf)
+        d = b.prim("sub", b.prim("where", fk, zk, mf), mf)
+        ws.append(b.prim("where", fk, b.prim("div", d, gamma), c(-2.0)))
+    if len(ws) == 1:
+        srt = ws
+    elif len(ws) == 2:
+        srt = [b.prim("maxn", *ws), b.prim("minn", *ws)]
+    else:
+        hi01, lo01 = b.prim("maxn", ws[0], ws[1]), b.prim("minn", ws[0], ws[1])
+        srt = [b.prim("maxn", hi01, ws[2]),
+               b.prim("maxn", lo01, b.prim("minn", hi01, ws[2])),
+               b.prim("minn", lo01, ws[2])]
+    cum = srt[0]
+    tau = b.prim("sub", cum, one)
+    for k, v in enumerate(srt[1:], start=2):
+        cum = b.prim("add", cum, v)
+        kf = c(float(k))
+        inside = b.prim("gt", b.prim("add", one, b.prim("mul", kf, v)), cum)
+        tau = b.prim("where", inside, b.prim("div", b.prim("sub", cum, one), kf), tau)
+    # the support S = {k: w_k > tau}, and tau again from the unsorted entries, (sum of
+    # w_k over S - 1) / |S|: the same number to rounding, but its derivative is the
+    # mean of the support's (a sorting network's outputs at a tie would carry one
+    # entry's derivative twice)
+    sup = [b.prim("gt", wk, tau) for wk in ws]
+    size = b.prim("cast", sup[0], dtype=dt)
+    tot = b.prim("where", sup[0], ws[0], zero)
+    for sk, wk in zip(sup[1:], ws[1:]):
+        size = b.prim("add", size, b.prim("cast", sk, dtype=dt))
+        tot = b.prim("add", tot, b.prim("where", sk, wk, zero))
+    size = b.prim("where", b.prim("gt", size, zero), size, one)
+    tau = b.prim("div", b.prim("sub", tot, one), size)
+    ties = [b.prim("cast", b.prim("eq", zk, m), dtype=dt) for zk in zs]
+    count = ties[0]
+    for t in ties[1:]:
+        count = b.prim("add", count, t)
+    count = b.prim("where", b.prim("gt", count, zero), count, one)
+    out = []
+    for wk, sk, t in zip(ws, sup, ties):
+        dk = b.prim("sub", wk, tau)
+        qk = b.prim("where", b.prim("logical_and", sk, b.prim("gt", dk, zero)), dk, zero)
+        out.append(b.prim("where", fin, qk, b.prim("div", t, count), hint="w"))
+    return out
 
 
 def _smaxn_rules(name, sign):
