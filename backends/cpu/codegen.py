@@ -797,7 +797,7 @@ class FuncGen:
                 if u.name == "tape_push")):
             return self.array_tape_op(op, ind, tape, elem)
         if self.growable_fixed_tape(tape):
-            return self.grow_tape_op(op, ind, tape, elem)
+            return self.array_tape_op(op, ind, tape, elem)
         if isinstance(elem, T.Array):
             if op.name == "tape_new":
                 item = numba_item_type(elem)
@@ -935,30 +935,12 @@ class FuncGen:
     def growable_fixed_tape(self, tape: Value) -> bool:
         """A tape of arrays whose shape the types fix, without a capacity (pushed in a
         loop whose trip count reverse mode does not know): a growable buffer with one
-        more axis (grow_tape_op) instead of a ``numba.typed.List``, whose compile costs
+        more axis (array_tape_op) instead of a ``numba.typed.List``, whose compile costs
         a second or two per element type and module."""
         elem = tape.type.elem
         return isinstance(elem, T.Array) and isinstance(tape.owner, Op) and \
             not tape.owner.operands and 1 <= elem.ndim <= 3 and \
             all(isinstance(d, (int, T.Sym)) for d in elem.shape)
-
-    def grow_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
-        """growable_fixed_tape's tape: entries along the first axis of one buffer that
-        doubles when full (``rt_grow_rows``); a push copies into its entry, a pop is a
-        view of it (as array_tape_op's)."""
-        t, n = self.ref(tape), self.tape_count(tape)
-        dt = NPDT[elem.dtype]
-        if op.name == "tape_new":
-            self.line(ind, f"{t} = np.empty({_shape_tuple(['0'] * (elem.ndim + 1))}, {dt})", op)
-            return self.line(ind, f"{n} = 0", op)
-        if op.name == "tape_push":
-            x = self.ref(op.operands[1])
-            self.line(ind, f"if {n} == {t}.shape[0]:", op)
-            self.line(ind + 1, f"{t} = {self.mod.helper('rt_grow_rows')}({t}, {n}, {x})", op)
-            self.line(ind, self.tape_store(t, n, x, elem), op)
-            return self.line(ind, f"{n} += 1", op)
-        self.line(ind, f"{n} -= 1", op)
-        return self.line(ind, f"{self.ref(op.results[0])} = {t}[{n}]", op)
 
     def tape_store(self, t: str, n: str, x: str, elem: T.Array) -> str:
         """``t[n] = x`` for an array entry, through the runtime's copy (``rt_set_into1``
@@ -971,21 +953,31 @@ class FuncGen:
 
     def array_tape_op(self, op: Op, ind: int, tape: Value, elem: T.Array):
         """A tape of arrays whose shape the types fix (dimensions are numbers or the
-        parameters' symbols, checked on entry): the entries in one buffer of the tape's
-        capacity (no allocation, no list per push; a pop is a view of its entry)."""
+        parameters' symbols, checked on entry): the entries in one buffer with one more
+        axis, of the tape's capacity (allocated at the first push) or, without one
+        (growable_fixed_tape), doubled when full (``rt_grow_rows``); no list, no
+        allocation per push, a pop is a view of its entry."""
         t, n = self.ref(tape), self.tape_count(tape)
         dt = NPDT[elem.dtype]
+        sized = bool(tape.owner.operands)
         if op.name == "tape_new":
-            self.tape_caps[tape] = cap = self.fresh(t + "_cap")
-            self.line(ind, f"{cap} = max({self.ref(op.operands[0])}, 1)", op)
+            if sized:
+                self.tape_caps[tape] = cap = self.fresh(t + "_cap")
+                self.line(ind, f"{cap} = max({self.ref(op.operands[0])}, 1)", op)
             self.line(ind, f"{t} = np.empty({_shape_tuple(['0'] * (elem.ndim + 1))}, {dt})", op)
             return self.line(ind, f"{n} = 0", op)
         if op.name == "tape_push" and op.operands[1] in self.dest_taken:
             return self.line(ind, f"{n} += 1", op)      # (computed in its entry)
         if op.name == "tape_push":
             x = self.ref(op.operands[1])
-            self.line(ind, f"if {t}.shape[0] == 0:", op)
-            self.line(ind + 1, f"{t} = np.empty(({self.tape_caps[tape]},) + {x}.shape, {dt})", op)
+            if sized:
+                self.line(ind, f"if {t}.shape[0] == 0:", op)
+                self.line(ind + 1, f"{t} = np.empty(({self.tape_caps[tape]},) + {x}.shape, "
+                                   f"{dt})", op)
+            else:
+                self.line(ind, f"if {n} == {t}.shape[0]:", op)
+                self.line(ind + 1, f"{t} = {self.mod.helper('rt_grow_rows')}({t}, {n}, {x})",
+                          op)
             self.line(ind, self.tape_store(t, n, x, elem), op)
             return self.line(ind, f"{n} += 1", op)
         self.line(ind, f"{n} -= 1", op)
