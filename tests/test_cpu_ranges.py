@@ -78,6 +78,21 @@ def feed_back(D: f64[n, m], a: f64) -> f64:
             R[i, j] = a * R[i, j - 1] + D[i - 1, j - 1] * R[i - 1, j]
             R[i, j - 1] = 0.5 * R[i, j - 1] + 0.25 * R[i, j]
     return sum(R)
+
+# three coupled tables (affine gaps, Gotoh): the reverse sweep adds into d_M[i, j - 1]
+# (from Y's max) before it reads d_M[i, j] (for M's own max), so d_M cannot travel in a
+# local; d_Y, read before its add, can (found by tests/fuzz_programs.py)
+def gaps(D: f64[n, m]) -> f64:
+    M = full((n + 1, m + 1), -inf)
+    X = full((n + 1, m + 1), -inf)
+    Y = full((n + 1, m + 1), -inf)
+    M[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            M[i, j] = -D[i - 1, j - 1] + max(M[i - 1, j - 1], X[i - 1, j - 1], Y[i - 1, j - 1])
+            X[i, j] = max(M[i - 1, j] - 1.0, X[i - 1, j] - 0.2)
+            Y[i, j] = max(M[i, j - 1] - 1.0, Y[i, j - 1] - 0.2)
+    return max(M[n, m], X[n, m], Y[n, m])
 '''
 
 
@@ -151,8 +166,10 @@ def test_register_carry_where_it_applies_and_not_otherwise(mods):
     assert "index checks hoisted" in back and "carry" not in back
     # soft-DTW's reverse sweep carries the left neighbour's adjoint
     assert "carry = -0.0" in dp.value_and_grad(cpu.soft_dtw).source()
-    for f, extra in (("feed", (0.75, 0.2)), ("feed_back", (0.75,))):
-        for shape in [(1, 1), (4, 7), (9, 2), (70, 5)]:
+    gaps = dp.grad(cpu.gaps).source()
+    assert gaps.count("= -0.0") == 1                    # d_Y's carry only
+    for f, extra in (("feed", (0.75, 0.2)), ("feed_back", (0.75,)), ("gaps", ())):
+        for shape in [(1, 1), (4, 7), (9, 2), (2, 8), (70, 5)]:
             D = rng.random(shape) + 0.5
             vc, vi = getattr(cpu, f)(D, *extra), getattr(interp, f)(D, *extra)
             assert abs(vc - vi) <= 1e-13 * abs(vi)

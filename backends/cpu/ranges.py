@@ -207,9 +207,14 @@ def carries(gen, n: Nest) -> list:
         if (len(reads) != 1 or reads[0].offset != (0, 0) or len(adds) != 1
                 or adds[0].offset != (0, s)):
             continue
+        order = [a.op for a in accs]
+        # the carry holds the add of this iteration for the next one: the read of the
+        # cell must come first (an add before it would be read back at once; Gotoh's
+        # three tables do that: d_M[i, j - 1] gets its add before d_M[i, j] is read)
+        if order.index(adds[0].op) < order.index(reads[0].op):
+            continue
         # other row-0 accesses: only writes of the cell itself, after its read
         rest = [a for a in row0 if a is not reads[0] and a is not adds[0]]
-        order = [a.op for a in accs]
         if any(a.offset != (0, 0) or a.kind != "write"
                or order.index(a.op) < order.index(reads[0].op) for a in rest):
             continue
