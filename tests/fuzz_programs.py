@@ -306,6 +306,27 @@ class Gen:
         v = self.smoothed_helper(self.name("knight"), ["D", "x", "y", "s"], "f64", lines)
         self.terms.append(v)
 
+    def block_irregular(self):
+        """Nests whose inner range depends on the row, strided rows, and a column picked
+        by the data: no rectangular schedule, range tests that depend on i."""
+        r = self.r
+        kind = r.choice(["min", "max"])
+        inner = r.choice(["range(1 + i % 2, m + 1)", "range(1, min(i + 2, m) + 1)",
+                          "range(m, i % 3, -1)"])
+        outer = r.choice(["range(1, n + 1)", "range(1, n + 1, 2)"])
+        up = "T[i - 1, j]" if "2)" not in outer else "T[i - 1, j - 1]"
+        lines = [
+            "T = zeros((n + 1, m + 1))",
+            f"for i in {outer}:",
+            f"    for j in {inner}:",
+            f"        T[i, j] = {self.cost('i', 'j')} + {kind}({up}, T[i, j - 1])",
+            "    k = m if x[i - 1] > 0.0 else 1",
+            "    T[i, 0] = 0.5 * T[i, k]",
+            "return sum(T) * 0.1 + T[n, m]",
+        ]
+        v = self.smoothed_helper(self.name("irr"), ["D", "x", "y", "s"], "f64", lines)
+        self.terms.append(v)
+
     def block_chain(self):
         """v_t = D[t, :] + op over the previous row (Viterbi-like)."""
         r = self.r
@@ -471,7 +492,8 @@ class Gen:
         blocks = [self.block_dp, self.block_dp, self.block_alignment, self.block_chain,
                   self.block_recurrence, self.block_array, self.block_branch,
                   self.block_gotoh, self.block_knapsack, self.block_knight,
-                  self.block_early_exit, self.block_rows, self.block_soft, self.block_inplace]
+                  self.block_early_exit, self.block_rows, self.block_soft, self.block_inplace,
+                  self.block_irregular]
         if self.inf_mode:
             blocks = [self.block_dp]
         k = self.r.choice([1, 1, 2, 3])

@@ -43,6 +43,7 @@ FEATURES = {
     "table rows (V[t, :] = ...)": lambda p: "[t, :] = D[t, :]" in p.source,
     "soft operators on arrays": lambda p: "smax(D" in p.source or "smin(D" in p.source,
     "in-place updates": lambda p: "*= tanh" in p.source,
+    "irregular nests": lambda p: "def irr" in p.source,
 }
 
 
