@@ -332,6 +332,34 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
     assert off.stdout.split() == ["False", "True"]
 
 
+def test_large_tables_are_reused_without_page_faults():
+    """Blocks of 32 MiB and more come from the heap once tuned (M_MMAP_MAX = 0), so a
+    second call does not fault its 40 MB table in again; untuned, every call does."""
+    import platform
+    import subprocess
+    import sys
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator settings are glibc's")
+    code = ("import resource, numpy as np, dplang as dp\n"
+            "m = dp.compile('def f(n: i64) -> f64:\\n    a = zeros(n)\\n    a[n - 1] = 1.0\\n"
+            "    return sum(a)\\n', backend='cpu')\n"
+            "m.f(5_000_000); m.f(5_000_000)\n"
+            "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "assert m.f(5_000_000) == 1.0\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "DPLANG_MALLOPT": "0"})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert int(on.stdout) < 1000 < 5000 < int(off.stdout)    # 40 MB: 9766 pages
+
+
+def test_trim_threshold_bounds():
+    from dplang.backends.cpu import memory
+    t = memory.trim_threshold()
+    assert 256 << 20 <= t <= 1 << 30
+
+
 def test_lu_solve_with_the_factorisation_and_its_transpose():
     from dplang.backends.cpu import runtime as rt
     rng = np.random.default_rng(3)

@@ -111,8 +111,9 @@ def test_nests_get_one_hoisted_test_and_unchecked_accesses(mods):
     assert vg.count("index checks hoisted out of the nest") == 2
     # (and the test of the seed's row of the two-row adjoint table, window.py)
     assert vg.count("raise IndexError(") == 3
-    # (the gathers read the nest's working copy of D, rt_wave_pad: D itself or wider rows)
-    assert "rt_at2(D_w, " in vg and "= rt_at1(tape, tape_n + slot)" in vg
+    # (the gathers read the nest's strip buffer of D, rt_strip_buf: D itself or a strip
+    # of its rows with wider rows, whose row 0 is row D_b of D)
+    assert "rt_at2(D_s, t8 - D_b, " in vg and "= rt_at1(tape, tape_n + slot)" in vg
     # forward nests in row order keep their per-access checks (measured faster)
     assert "index checks hoisted" not in cpu.dtw.source()
 

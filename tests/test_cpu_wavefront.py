@@ -244,22 +244,50 @@ def test_wave_pad_copies_only_tables_with_a_bad_pitch():
         assert np.array_equal(z, before)
 
 
+def test_strip_buffers_hold_the_rows_of_a_strip():
+    from dplang.backends.cpu import runtime as rt
+    x = rng.random((40, 512))
+    b = rt.rt_strip_buf(x, x.size, 11)
+    assert b.shape[0] == 11 and b.strides[0] % 4096 == 72
+    rt.rt_strip_in(b, x, 7, 11)
+    assert np.array_equal(b[:, :512], x[7:18])
+    b[2:5, :512] = -1.0                 # rows 9 .. 11 of x, written
+    before = x.copy()
+    rt.rt_strip_out(x, b, 9, 3, 7)
+    assert (x[9:12] == -1.0).all() and np.array_equal(x[:9], before[:9])
+    assert np.array_equal(x[12:], before[12:])
+    for z, cells in ((rng.random((40, 500)), 40 * 500),      # a good pitch
+                     (rng.random((40, 512)), 100),            # a nest much smaller
+                     (rng.random((40, 512)), 0),              # an empty nest
+                     (rng.random((8, 512)), 8 * 512)):        # few rows
+        assert rt.rt_strip_buf(z, cells, 65).ctypes.data == z.ctypes.data
+
+
 def test_tables_with_a_4k_pitch_give_the_same_bits(mods, monkeypatch):
     """512 columns: D's rows are 4 KB apart and R's 4 KB + 8 bytes, so the nest works on
-    copies with wider rows; values and gradients are those of the nest on the tables
-    themselves, to the bit, and the interpreter's to 1e-12."""
+    strip buffers with wider rows (or, where strips do not apply, whole copies); values
+    and gradients are those of the nest on the tables themselves, to the bit, and the
+    interpreter's to 1e-12."""
     cpu, interp = mods
     src = cpu.soft_dtw.source()
-    assert "D_w = rt_wave_pad(D, " in src and "rt_wave_unpad(" in src
+    assert "D_s = rt_strip_buf(D, " in src and "rt_strip_out(R" in src
+    assert "rt_wave_pad" not in src
+    monkeypatch.setattr(cpu_wavefront, "STRIP_BUFFERS", False)
+    whole = dp.compile(SRC + "\n# whole copies\n", filename="wave_whole.dp", backend="cpu")
+    wsrc = whole.soft_dtw.source()
+    assert "D_w = rt_wave_pad(D, " in wsrc and "rt_wave_unpad(" in wsrc
     monkeypatch.setattr(cpu_wavefront, "PAD", False)
     off = dp.compile(SRC + "\n# no padded copies\n", filename="wave_nopad.dp", backend="cpu")
     assert "rt_wave_pad" not in off.soft_dtw.source()
-    for shape in ((40, 512), (70, 1024), (20, 513)):
+    assert "rt_strip_buf" not in off.soft_dtw.source()
+    for shape in ((40, 512), (70, 1024), (20, 513), (130, 512), (129, 1025)):
         D = rng.random(shape) * 2.0
         for name in ("soft_dtw", "two_tables"):
             v1, g1 = dp.value_and_grad(getattr(cpu, name))(D, 0.5)
+            v2, g2 = dp.value_and_grad(getattr(whole, name))(D, 0.5)
             v0, g0 = dp.value_and_grad(getattr(off, name))(D, 0.5)
             assert v1 == v0 and np.array_equal(g1, g0)
+            assert v2 == v0 and np.array_equal(g2, g0)
         want = interp.soft_dtw(D[:20, :], 0.5)
         assert abs(cpu.soft_dtw(D[:20, :], 0.5) - want) <= 1e-12 * abs(want)
 

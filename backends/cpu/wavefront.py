@@ -13,9 +13,11 @@ the cells of one diagonal are independent, so the generated code computes a diag
 3. *scatter*: the results written back into the tables.
 
 The table keeps its row-major layout, so everything else in the function is unchanged;
-a table (or read array) whose row pitch is near a multiple of 4 KB is visited through a
-copy with wider rows (``rt_wave_pad``; the cells of a diagonal would otherwise all fall
-into one set of the L1 cache), copied back after the nest.
+a table (or read array) whose row pitch is near a multiple of 4 KB is visited through
+wider rows (the cells of a diagonal would otherwise all fall into one set of the L1
+cache): a buffer of one strip's rows, filled before the strip and written back after it
+(``rt_strip_buf``), or, for arrays reached at rows other than ``i + c``, a whole copy
+(``rt_wave_pad``).
 Tape pushes (the soft-min weights reverse mode keeps) are written at the slot they have
 in row order, so the reverse sweep keeps its row order and pops them as before.  The
 table is visited in strips of ``STRIP`` rows, each strip by diagonals, so that the rows
@@ -31,7 +33,7 @@ import os
 from dplang.ir import types as T
 from dplang.ir.core import Op, Region, Value
 from dplang.ir.printer import is_inlined_const
-from dplang.ir.wavefront import Nest, wavefront_nests
+from dplang.ir.wavefront import Nest, _offset, wavefront_nests
 
 from dplang.backends.cpu import ranges
 
@@ -182,6 +184,10 @@ STRIP = 64
 # Working copies of tables with a row pitch near a multiple of 4 KB (rt_wave_pad).
 PAD = True
 
+# ... as buffers of one strip's rows where the nest's rows are i + constants
+# (rt_strip_buf): the copies stay in L2 instead of streaming whole tables.
+STRIP_BUFFERS = True
+
 # The kernel is called for a whole number of vectors of this many cells (8 float64
 # lanes with AVX-512, two vectors of 4 with AVX2): a diagonal's last cells otherwise go
 # through LLVM's scalar remainder loop, which dominated small tables (soft-DTW value at
@@ -298,13 +304,19 @@ class _Kernel:
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
         gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
         total = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"    # the nest's cells
-        pad = self.pad(ind, total)
+        strip = self.strip_tables(ind, total)
+        pad = self.pad(ind, total, skip=strip)
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
             "strips", "s", "s_lo", "s_hi", "d", "lo", "cells", "k"))
         gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
         gen.line(ind, f"for {s} in range({strips}):", n.outer)
         gen.line(ind + 1, f"{s0} = {r0} + {s} * {STRIP}", n.outer)
         gen.line(ind + 1, f"{s1} = min({s0} + {STRIP}, {r1})", n.outer)
+        for st in strip.values():           # the strip's rows into the strip buffers
+            gen.line(ind + 1, f"if {st.copied}:", n.outer)
+            gen.line(ind + 2, f"{st.base} = {_plus(s0, st.lo)}", n.outer)
+            gen.line(ind + 2, f"{gen.mod.helper('rt_strip_in')}({st.buf}, {st.name}, "
+                              f"{st.base}, {_plus(s1, st.hi)} - {st.base})", n.outer)
         gen.line(ind + 1, f"for {d} in range({s0} + {c0}, {s1} + {c1} - 1):", n.outer)
         ind2 = ind + 2          # one diagonal: rows lo <= i < lo + cells, columns j = d - i
         gen.line(ind2, f"{lo} = max({s0}, {d} - {c1} + 1)", n.outer)
@@ -325,7 +337,12 @@ class _Kernel:
             idx = gen.index_text(op, op.operands[1:])
             x = gen.ref(op.operands[0])
             x = pad.get(x, x)               # (the working copy, if the nest has one)
-            if op in self.proved:
+            if x in strip:
+                st = strip[x]
+                gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, "
+                                   f"{gen.unchecked_load(op.operands[0], st.idx(gen, op, 1), st.buf)})",
+                         op)
+            elif op in self.proved:
                 gen.line(ind2 + 1, f"{put1}({gbuf[op]}, {k}, "
                                    f"{gen.unchecked_load(op.operands[0], idx, x)})", op)
             else:
@@ -356,12 +373,22 @@ class _Kernel:
             idx = gen.index_text(op, op.operands[2:])
             val = gen.literals[v] if v in gen.literals else f"{at1}({obuf[v]}, {k})"
             name = pad.get(gen.ref(x), gen.ref(x))
-            if op in self.proved:
+            if name in strip:
+                st = strip[name]
+                gen.line(ind2 + 1, gen.unchecked_store(x, st.idx(gen, op, 2), sym, val, st.buf), op)
+            elif op in self.proved:
                 gen.line(ind2 + 1, gen.unchecked_store(x, idx, sym, val, name), op)
             else:
                 gen.line(ind2 + 1, f"{name}[{idx}] {sym} {val}", op)
         y = ib.terminator
         gen.assign_slots(ind2, y, islots, y.operands, gen.ana.yield_copies, 0, y)
+        for st in strip.values():           # the rows the strip wrote, back in the table
+            if st.written is not None:
+                w0, w1 = st.written
+                gen.line(ind + 1, f"if {st.copied}:", n.outer)
+                gen.line(ind + 2, f"{gen.mod.helper('rt_strip_out')}({st.name}, {st.buf}, "
+                                  f"{_plus(s0, w0)}, {_plus(f'{s1} - {s0}', w1 - w0)}, "
+                                  f"{st.base})", n.outer)
         # pushes go to the slots they have in row order, so the reverse sweep pops them in
         # its own order: after each strip, the strip's rows copied from the diagonals
         per_cell: dict = {}
@@ -397,17 +424,61 @@ class _Kernel:
                      n.outer)
         self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
 
-    def pad(self, ind: int, cells: str) -> dict:
-        """{name: name of its working copy} for the 2-D arrays the nest reads or writes:
-        rt_wave_pad gives the array itself, or a copy with a row pitch that spreads the
-        rows of a strip over the L1 cache's sets (a 4 KB pitch puts them all in one)."""
+    def strip_tables(self, ind: int, cells: str) -> dict:
+        """{name: _Strip} for the 2-D arrays the nest reaches only at rows i + c (c a
+        constant) through accesses the nest's hoisted test proved in range: where
+        rt_wave_pad would copy one, the nest works on a buffer of a strip's rows with the
+        padded pitch instead (rt_strip_buf), filled from the table before each strip and
+        written back after it.  The rest keep rt_wave_pad's whole copies."""
+        gen = self.gen
+        if not (PAD and STRIP_BUFFERS):
+            return {}
+        offs: dict = {}
+        for op in self.loads + self.stores:
+            x = op.operands[0]
+            name = gen.ref(x)
+            if not (isinstance(x.type, T.Array) and x.type.ndim == 2):
+                continue
+            first = 1 if op.name == "getitem" else 2
+            idx = op.operands[first:]
+            a = _offset(idx[0], self.iv_i) if len(idx) == 2 else None
+            index = op.attrs.get("index")
+            if (a is None or op not in self.proved
+                    or (index is not None and any(e != "i" for e in index))
+                    or any(isinstance(v.type, T.Array) for v in idx)):
+                offs[name] = None
+            elif offs.get(name, ()) is not None:
+                offs.setdefault(name, []).append((a, op.name != "getitem"))
+        out = {}
+        for name, acc in offs.items():
+            if acc is None:
+                continue
+            lo = min(a for a, _ in acc)
+            hi = max(a for a, _ in acc)
+            w = [a for a, wr in acc if wr]
+            st = _Strip(name, gen.fresh(name + "_s"), gen.fresh(name + "_c"),
+                        gen.fresh(name + "_b"), lo, hi, (min(w), max(w)) if w else None)
+            gen.line(ind, f"{st.buf} = {gen.mod.helper('rt_strip_buf')}({name}, {cells}, "
+                          f"{STRIP + hi - lo})", self.n.outer)   # rows i + lo .. i + hi of a strip
+            gen.line(ind, f"{st.copied} = {st.buf}.ctypes.data != {name}.ctypes.data",
+                     self.n.outer)
+            gen.line(ind, f"{st.base} = 0", self.n.outer)
+            out[name] = st
+        return out
+
+    def pad(self, ind: int, cells: str, skip=()) -> dict:
+        """{name: name of its working copy} for the 2-D arrays the nest reads or writes
+        (but those in ``skip``): rt_wave_pad gives the array itself, or a copy with a row
+        pitch that spreads the rows of a strip over the L1 cache's sets (a 4 KB pitch
+        puts them all in one)."""
         gen = self.gen
         if not PAD:
             return {}
         out = {}
         for op in self.loads + self.stores:
             x = op.operands[0]
-            if not (isinstance(x.type, T.Array) and x.type.ndim == 2) or gen.ref(x) in out:
+            if (not (isinstance(x.type, T.Array) and x.type.ndim == 2) or gen.ref(x) in out
+                    or gen.ref(x) in skip):
                 continue
             name = gen.fresh(gen.ref(x) + "_w")
             gen.line(ind, f"{name} = {gen.mod.helper('rt_wave_pad')}({gen.ref(x)}, {cells})",
@@ -445,6 +516,28 @@ class _Kernel:
             gen.lines = saved
             gen.kernel_mode = False
         gen.mod.kernels = True
+
+
+class _Strip:
+    """A table visited through a strip buffer: ``buf`` (rt_strip_buf), ``copied`` (a
+    bool: buf is not the table itself), ``base`` (the table's row in buf's row 0), the
+    rows i + lo .. i + hi the nest reaches, and ``written`` ((lo, hi) of the rows of
+    its writes, or None)."""
+
+    def __init__(self, name, buf, copied, base, lo, hi, written):
+        self.name, self.buf, self.copied, self.base = name, buf, copied, base
+        self.lo, self.hi, self.written = lo, hi, written
+
+    def idx(self, gen, op, first: int) -> str:
+        """The buffer's index text for access ``op`` (its indices from operand
+        ``first``): the table's row less ``base``, the same column."""
+        row, col = op.operands[first:first + 2]
+        return f"{gen.ref(row)} - {self.base}, {gen.ref(col)}"
+
+
+def _plus(x: str, c: int) -> str:
+    """The text of x + c."""
+    return x if c == 0 else f"{x} + {c}" if c > 0 else f"{x} - {-c}"
 
 
 def _doc(name: str) -> str:
