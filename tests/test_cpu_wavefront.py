@@ -338,3 +338,61 @@ def test_whole_vectors_in_a_kernel_that_uses_the_indices(monkeypatch):
         assert on.by_index(D) == off.by_index(D)
         assert on.by_index(D) == pytest.approx(interp.by_index(D), rel=1e-13)
         np.testing.assert_array_equal(dp.grad(on.by_index)(D), dp.grad(off.by_index)(D))
+
+
+PAIRS = '''
+from std.align import soft_dtw
+
+# soft max of two scalars per cell (Gotoh's gap tables have such cells)
+@smooth(entropy, gamma=g)
+def pairs(D: f64[n, m], g: f64) -> f64:
+    R = full((n + 1, m + 1), -inf)
+    R[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = -D[i - 1, j - 1] + max(R[i - 1, j - 1], R[i - 1, j] - 0.5)
+    return R[n, m] + R[n, m - 1]
+'''
+
+
+def _pairs_results(mods, cases):
+    out = []
+    for D, V in cases:
+        for b in ("cpu", "interp"):
+            for name in ("soft_dtw", "pairs"):
+                f = getattr(mods[b], name)
+                for g in (1.0, 0.05):
+                    v, gr = dp.value_and_grad(f)(D, g)
+                    out.append((b, name, D.shape, g, f(D, g), v, gr,
+                                dp.hvp(f)(D, g, V) if D.shape[0] < 40 else None))
+    return out
+
+
+def test_one_exp_fewer_gives_the_same_bits(monkeypatch):
+    """Soft max/min of two or three scalars skip the exp of their first extreme entry
+    (ir/primitives/soft.py, _first_extreme_free; codegen._smaxn_lanes): values,
+    gradients and Hessian-vector products are those of one exp per entry, to the bit,
+    with ties (integer costs) and infinite entries, on both backends.  (Derivatives are
+    built at their first call, so each side's are computed before the switch changes.)"""
+    from dplang.ir.primitives import soft
+    assert soft.ONE_EXP_FEWER
+    cases = []
+    for shape, ints in (((9, 7), True), ((70, 20), True), ((33, 40), False)):
+        D = rng.integers(0, 3, shape).astype(float) if ints else rng.random(shape) * 3.0
+        D[0, 3] = np.inf
+        cases.append((D, rng.standard_normal(shape)))
+    on = {b: dp.compile(PAIRS, filename="pairs.dp", backend=b) for b in ("cpu", "interp")}
+    assert "eb = rt_exp((yb - mf) * rg)" in on["cpu"].soft_dtw.source()
+    assert dp.value_and_grad(on["cpu"].soft_dtw).source().count("rt_exp(") == 2
+    got = _pairs_results(on, cases)
+    monkeypatch.setattr(soft, "ONE_EXP_FEWER", False)
+    off = {b: dp.compile(PAIRS + "\n# one exp per entry\n", filename="pairs.dp", backend=b)
+           for b in ("cpu", "interp")}
+    assert "eb = rt_exp" not in off["cpu"].soft_dtw.source()
+    want = _pairs_results(off, cases)
+    for a, b in zip(got, want):
+        assert a[:4] == b[:4]
+        assert a[4] == b[4] == b[5] and a[5] == b[5], a[:4]
+        assert np.array_equal(a[6], b[6]), a[:4]
+        if b[7] is not None:
+            assert np.array_equal(a[7], b[7]) and np.all(np.isfinite(a[7])), a[:4]

@@ -42,7 +42,7 @@ from dplang.ir import types as T
 from dplang.ir.analysis import analyze_inplace, call_graph
 from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
-from dplang.ir.primitives import REGISTRY
+from dplang.ir.primitives import REGISTRY, soft
 from dplang.ir.primitives.reductions import norm_axes
 from dplang.backends.cpu import fusion, ranges, wavefront, window
 
@@ -2033,8 +2033,28 @@ class FuncGen:
         fin = self.tmp(ind, op, "fin", f"abs({m}) < np.inf")
         mf = self.tmp(ind, op, "mf", f"{m} if {fin} else 0.0")
         rg = self.tmp(ind, op, "rg", f"min(1.0 / {_paren(g)}, {_DBL_MAX!r})")
-        terms = [f"{self.mod.helper('rt_exp')}(({neg}{_paren(x)} - {mf}) * {rg})"
-                 for x in xs]
+        ex = self.mod.helper('rt_exp')
+        if len(xs) in (2, 3) and soft.ONE_EXP_FEWER:
+            # the first extreme entry's exp is exp(0) = 1 (ir/primitives/soft.py,
+            # _first_extreme_free): the others go through the exps, the sum keeps its order
+            ys = [f"{neg}{_paren(x)}" for x in xs]
+            f0 = self.tmp(ind, op, "f0", f"{ys[0]} == {m}")
+            if len(xs) == 2:
+                ya = self.tmp(ind, op, "ya", f"{ys[1]} if {f0} else {ys[0]}")
+                e = self.tmp(ind, op, "e", f"{ex}(({ya} - {mf}) * {rg})")
+                terms = [f"(1.0 if {f0} else {e})", f"({e} if {f0} else 1.0)"]
+            else:
+                f1 = self.tmp(ind, op, "f1", f"({ys[1]} == {m}) & ({ys[0]} != {m})")
+                f2 = self.tmp(ind, op, "f2", f"({ys[2]} == {m}) & ({ys[0]} != {m}) & ({ys[1]} != {m})")
+                ya = self.tmp(ind, op, "ya", f"{ys[1]} if {f0} else {ys[0]}")
+                yb = self.tmp(ind, op, "yb", f"{ys[1]} if {f2} else {ys[2]}")
+                ea = self.tmp(ind, op, "ea", f"{ex}(({ya} - {mf}) * {rg})")
+                eb = self.tmp(ind, op, "eb", f"{ex}(({yb} - {mf}) * {rg})")
+                terms = [f"(1.0 if {f0} else {ea})",
+                         f"(1.0 if {f1} else ({ea} if {f0} else {eb}))",
+                         f"(1.0 if {f2} else {eb})"]
+        else:
+            terms = [f"{ex}(({neg}{_paren(x)} - {mf}) * {rg})" for x in xs]
         s = self.tmp(ind, op, "s", " + ".join(terms))
         lg = self.tmp(ind, op, "lg", f"{self.mod.helper('rt_log')}({s})")
         self.natural = "f64"

@@ -620,13 +620,18 @@ def _entropy_cell(b, gamma, xs, sign):
     # arithmetic of a vectorised cell; an invariant gamma's reciprocal is hoisted out of
     # the loop); capped so that a subnormal gamma still gives exp(0) = 1 at the maximum
     rg = b.prim("minn", b.prim("div", one, gamma), c(DBL_MAX))
-    es, ties = [], []
-    for x in xs:
+
+    def e_of(x):
         fx = b.prim("lt", b.prim("abs", x), inf)
         xm = b.prim("where", fx, x, mf)
         d = b.prim("sub", xm, mf) if sign > 0 else b.prim("sub", mf, xm)
-        es.append(b.prim("where", fx, b.prim("exp", b.prim("mul", d, rg)), zero))
-        ties.append(b.prim("cast", b.prim("eq", x, m), dtype=dt))
+        return b.prim("where", fx, b.prim("exp", b.prim("mul", d, rg)), zero)
+
+    ties = [b.prim("cast", b.prim("eq", x, m), dtype=dt) for x in xs]
+    if len(xs) in (2, 3) and ONE_EXP_FEWER:
+        es = _first_extreme_free(b, xs, m, e_of, inf, dt)
+    else:
+        es = [e_of(x) for x in xs]
     total = es[0]
     for e in es[1:]:
         total = b.prim("add", total, e)
@@ -642,6 +647,34 @@ def _entropy_cell(b, gamma, xs, sign):
     r = b.prim("div", one, b.prim("where", fin, safe, count))
     w = [b.prim("mul", b.prim("where", fin, e, t), r, hint="w") for e, t in zip(es, ties)]
     return z, w
+
+
+# smaxn/sminn cells of two or three scalars skip the exp of their first extreme entry
+# (_first_extreme_free; the CPU backend's value kernels too: codegen._smaxn_lanes)
+ONE_EXP_FEWER = True
+
+
+def _first_extreme_free(b, xs, m, e_of, inf, dt):
+    """The e_k of two or three entries with one exp fewer: the first entry equal to the
+    extreme m has d = x - m identically 0 (m's derivative is that entry's), so its e is
+    1 (0 where it is infinite, as exp gives) to every order of derivative; the other
+    entries are routed to the exps by selects and back.  Same values, bit for bit, and
+    the same sum order as one exp per entry (a soft-DTW cell: 2 exps instead of 3)."""
+    eq = [b.prim("eq", x, m) for x in xs]
+    first = [eq[0]]
+    seen = eq[0]
+    for e in eq[1:]:
+        first.append(b.prim("logical_and", e, b.prim("logical_not", seen)))
+        seen = b.prim("logical_or", seen, e)
+    ones = [b.prim("cast", b.prim("lt", b.prim("abs", x), inf), dtype=dt) for x in xs]
+    if len(xs) == 2:
+        e = e_of(b.prim("where", first[0], xs[1], xs[0]))
+        return [b.prim("where", first[0], ones[0], e), b.prim("where", first[1], ones[1], e)]
+    ea = e_of(b.prim("where", first[0], xs[1], xs[0]))     # x1 when x0 is the extreme
+    eb = e_of(b.prim("where", first[2], xs[1], xs[2]))     # x1 when x2 is the extreme
+    return [b.prim("where", first[0], ones[0], ea),
+            b.prim("where", first[1], ones[1], b.prim("where", first[0], ea, eb)),
+            b.prim("where", first[2], ones[2], eb)]
 
 
 def _smaxn_residuals(sign):
