@@ -584,6 +584,59 @@ def check(prog: Program, rtol: float = 1e-12, second_order: bool = False) -> lis
     return problems
 
 
+# dplang built-ins the generator uses, imported by name into a @dp.jit module (the
+# Python built-ins min, max, sum, abs, float and range are the language's there too)
+JIT_NAMES = ("full", "zeros", "inf", "tanh", "sin", "log", "sqrt", "exp", "sigmoid",
+             "outer", "copy", "logsumexp", "softmax", "sparsemax", "smax", "smin", "where",
+             "clip", "maximum", "array", "onehot_argmin", "mean")
+
+
+def jit_source(prog: Program) -> str | None:
+    """The program as a Python module of ``@dp.jit`` functions (None if it smooths: a
+    ``@smooth`` decorator would need Python names for its arguments)."""
+    if "@smooth" in prog.source:
+        return None
+    import re
+    used = [n for n in JIT_NAMES if re.search(rf"\b{n}\b", prog.source)]
+    head = ["from __future__ import annotations", "import dplang as dp"]
+    if used:
+        head.append(f"from dplang import {', '.join(used)}")
+    body = re.sub(r"(?m)^def ", "@dp.jit\ndef ", prog.source)
+    return "\n".join(head) + "\n\n" + body
+
+
+def check_jit(prog: Program, rtol: float = 1e-12) -> list[str]:
+    """The program as @dp.jit Python functions ("cpu") against the .dp module on the
+    interpreter: value and gradients."""
+    import importlib.util
+    import os
+    import tempfile
+    import dplang as dp
+    text = jit_source(prog)
+    if text is None:
+        return []
+    d = tempfile.mkdtemp(prefix="dpfuzz")
+    path = os.path.join(d, f"fuzz_jit_{prog.seed}.py")
+    with open(path, "w") as fh:
+        fh.write(text)
+    spec = importlib.util.spec_from_file_location(f"fuzz_jit_{prog.seed}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mi = dp.compile(prog.source, filename=f"fuzz{prog.seed}.dp", backend="interp")
+    args = prog.args()
+    problems = []
+    with np.errstate(all="ignore"):
+        vi, vj = mi.f(*args), mod.f(*args)
+    if not close(vj, vi, rtol):
+        problems.append(f"jit value {vj!r} against {vi!r}")
+    wrt = (0, 1, 2, 3)
+    gi, gj = dp.grad(mi.f, wrt=wrt)(*args), dp.grad(mod.f, wrt=wrt)(*args)
+    for k, (a, b) in enumerate(zip(gj, gi)):
+        if not close(a, b, rtol * 100):
+            problems.append(f"jit gradient {k}: max diff {np.max(np.abs(np.asarray(a) - b)):.3e}")
+    return problems
+
+
 def main(argv=None):
     import argparse
     import sys
@@ -592,6 +645,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs=2, default=[0, 50], metavar=("FIRST", "END"))
     ap.add_argument("--show", action="store_true", help="print each program")
     ap.add_argument("--hvp", action="store_true", help="check Hessian-vector products too")
+    ap.add_argument("--jit", action="store_true",
+                    help="also run each program without smoothing as @dp.jit functions")
     a = ap.parse_args(argv)
     bad = 0
     for seed in range(*a.seeds):
@@ -599,6 +654,8 @@ def main(argv=None):
         t = time.perf_counter()
         try:
             problems = check(prog, second_order=a.hvp)
+            if a.jit:
+                problems += check_jit(prog)
         except Exception as e:          # noqa: BLE001 (a campaign reports everything)
             problems = [f"{type(e).__name__}: {e}"]
         dt = time.perf_counter() - t

@@ -450,6 +450,11 @@ class _Kernel:
             elif offs.get(name, ()) is not None:
                 offs.setdefault(name, []).append((a, op.name != "getitem"))
         out = {}
+        names = [k for k, acc in offs.items() if acc is not None]
+        if names:
+            gen.line(ind, f"# {', '.join(names)}: through buffers of one strip's rows "
+                          f"with wider rows where theirs are near a multiple of 4 KB apart "
+                          f"(rt_strip_buf), else themselves", self.n.outer)
         for name, acc in offs.items():
             if acc is None:
                 continue
