@@ -396,3 +396,25 @@ def test_one_exp_fewer_gives_the_same_bits(monkeypatch):
         assert np.array_equal(a[6], b[6]), a[:4]
         if b[7] is not None:
             assert np.array_equal(a[7], b[7]) and np.all(np.isfinite(a[7])), a[:4]
+
+
+def test_wide_tables_get_shorter_strips(mods):
+    """Nests whose tapes the reverse sweep reads in wavefront order take strips of 64
+    rows, halved while a strip holds more than 65,536 cells (rt_wave_strip), so that a
+    strip's tape entries stay in L2 and the TLB; the reverse sweep finds the entries
+    with the same height.  Values and gradients against Cuturi & Blondel's recursions
+    written in NumPy (tests/test_stdlib.py), across strip heights 8 to 64."""
+    from dplang.backends.cpu import runtime as rt
+    from test_stdlib import sdtw_backward, sdtw_forward
+    assert [rt.rt_wave_strip(c) for c in (0, 500, 1024, 1025, 2048, 4096, 8192, 10**6)] == \
+        [64, 64, 64, 32, 32, 16, 8, 8]
+    cpu, _ = mods
+    vg = dp.value_and_grad(cpu.soft_dtw)
+    assert "strip_h = rt_wave_strip(" in vg.source()
+    assert "strip_h" not in cpu.soft_dtw.source()       # (values keep 64-row strips)
+    for shape in ((70, 1100), (20, 2100), (9, 8200)):
+        D = rng.random(shape)
+        v, G = vg(D, 0.7)
+        R = sdtw_forward(D, 0.7)
+        assert abs(v - R[shape]) <= 1e-11 * abs(R[shape])
+        np.testing.assert_allclose(G, sdtw_backward(D, R, 0.7), rtol=1e-9, atol=1e-13)

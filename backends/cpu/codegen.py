@@ -1029,9 +1029,10 @@ class FuncGen:
         r0, r1, _ = ranges.bounds(self, b.outer, -1)
         c0, c1, _ = ranges.bounds(self, b.inner, -1)
         slot = self.wave_slots[op] = self.fresh("slot")
+        cols = f"{ranges.plus(c1, 1)} - {c0}"
         self.line(ind, f"{slot} = {self.mod.helper('rt_wave_rank')}({i}, {j}, {r0}, "
-                       f"{ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, {wavefront.STRIP})",
-                  op)
+                       f"{ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, "
+                       f"{self.mod.helper('rt_wave_strip')}({cols}))", op)
         for t in tapes:
             self.line(ind, f"{self.mod.helper('rt_prefetch')}({self.ref(t)}, "
                            f"{self.tape_count(t)} + {slot} - {PREFETCH})", op)

@@ -162,7 +162,7 @@ def emit(gen, n: Nest, ind: int):
     ana = gen.ana
     oslots = [gen.ref(a) for a in ob.args[1:]]
     islots = [gen.ref(a) for a in ib.args[1:]]
-    gen.line(ind, f"# wavefront (backends/cpu/wavefront.py): strips of {STRIP} rows, each by "
+    gen.line(ind, f"# wavefront (backends/cpu/wavefront.py): strips of up to {STRIP} rows, each by "
                   f"anti-diagonals d = i + j, a vector kernel per diagonal", outer)
     gen.assign_slots(ind, outer, oslots, outer.operands[3:], ana.init_copies, 3, outer)
     for h in n.hoisted:
@@ -308,10 +308,16 @@ class _Kernel:
         pad = self.pad(ind, total, skip=strip)
         strips, s, s0, s1, d, lo, cnt, k = (gen.fresh(x) for x in (
             "strips", "s", "s_lo", "s_hi", "d", "lo", "cells", "k"))
-        gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
+        if wave:        # the reverse sweep reads the tapes with rt_wave_rank's strips
+            h = gen.fresh("strip_h")
+            gen.line(ind, f"{h} = {gen.mod.helper('rt_wave_strip')}({c1} - {c0})", n.outer)
+            gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {h} - 1) // {h}", n.outer)
+        else:
+            h = STRIP
+            gen.line(ind, f"{strips} = (max({r1} - {r0}, 0) + {STRIP - 1}) // {STRIP}", n.outer)
         gen.line(ind, f"for {s} in range({strips}):", n.outer)
-        gen.line(ind + 1, f"{s0} = {r0} + {s} * {STRIP}", n.outer)
-        gen.line(ind + 1, f"{s1} = min({s0} + {STRIP}, {r1})", n.outer)
+        gen.line(ind + 1, f"{s0} = {r0} + {s} * {h}", n.outer)
+        gen.line(ind + 1, f"{s1} = min({s0} + {h}, {r1})", n.outer)
         for st in strip.values():           # the strip's rows into the strip buffers
             gen.line(ind + 1, f"if {st.copied}:", n.outer)
             gen.line(ind + 2, f"{st.base} = {_plus(s0, st.lo)}", n.outer)
