@@ -412,7 +412,8 @@ def test_wide_tables_get_shorter_strips(mods):
     vg = dp.value_and_grad(cpu.soft_dtw)
     assert "strip_h = rt_wave_strip(" in vg.source()
     assert "strip_h" not in cpu.soft_dtw.source()       # (values keep 64-row strips)
-    for shape in ((70, 1100), (20, 2100), (9, 8200)):
+    # (40, 2048): rows 16 KB apart, so D and R also go through strip buffers of 32 rows
+    for shape in ((70, 1100), (20, 2100), (9, 8200), (40, 2048)):
         D = rng.random(shape)
         v, G = vg(D, 0.7)
         R = sdtw_forward(D, 0.7)
