@@ -9,7 +9,8 @@ index checks), backtracking through a weight table, chain recursions over rows
 runs with reductions and products (fusion, BLAS), branches, and calls of helpers
 (inlining).  Each block adds a finite scalar term to the result.  The sizes n and m
 are drawn with the program: mostly small, sometimes past the 64-row strips and the
-8-lane vectors of the wavefront kernels.
+8-lane vectors of the wavefront kernels, or 512 and 1024 columns (rows near a multiple
+of 4 KB apart: the wavefront's strip buffers copy them).
 
 ``tests/test_fuzz.py`` checks a fixed set of seeds: values and gradients on ``cpu``
 against the interpreter, the JVP against the gradient (dot-product test) and central
@@ -24,6 +25,7 @@ import numpy as np
 
 SMALL = [1, 2, 3, 4, 5, 7, 8, 9, 12]
 LARGE = [17, 33, 65, 70]
+WIDE = [512, 1024]
 
 
 class Program:
@@ -66,6 +68,8 @@ class Gen:
         big = self.r.random() < 0.2
         self.n = self.r.choice(LARGE if big else SMALL)
         self.m = self.r.choice(LARGE if big and self.r.random() < 0.5 else SMALL)
+        if big and self.r.random() < 0.25:     # rows near a multiple of 4 KB apart: the
+            self.n, self.m = self.r.choice([17, 33]), self.r.choice(WIDE)  # strip buffers
 
     # ------------------------------------------------------------------ helpers
     def name(self, base: str) -> str:
