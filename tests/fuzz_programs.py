@@ -481,6 +481,21 @@ class Gen:
         self.emit(f"{v} = sum({A} * {A}) * 0.1")
         self.terms.append(v)
 
+    def block_inner_grad(self):
+        """grad of a helper taken inside the program (the outer derivative then
+        differentiates a reverse sweep: second order through a loop and its tape)."""
+        h = self.name("hq")
+        self.helpers.append(
+            f"def {h}(x: f64[n], s: f64) -> f64:\n"
+            "    acc = 0.0\n"
+            "    for k in range(n):\n"
+            f"        acc = acc * 0.5 + {self.scalar_fn('x[k] * s')}\n"
+            f"    return acc + sum({self.scalar_fn('x')} * x) * s\n")
+        g, v = self.name("gq"), self.name("v")
+        self.emit(f"{g} = grad({h})(x, s)")
+        self.emit(f"{v} = sum({g} * x) + 0.5 * grad({h}, wrt=1)(x, s)")
+        self.terms.append(v)
+
     def block_branch(self):
         v = self.name("b")
         t = self.r.choice(["0.3", "0.8", "1.1"])
@@ -497,7 +512,7 @@ class Gen:
                   self.block_recurrence, self.block_array, self.block_branch,
                   self.block_gotoh, self.block_knapsack, self.block_knight,
                   self.block_early_exit, self.block_rows, self.block_soft, self.block_inplace,
-                  self.block_irregular]
+                  self.block_irregular, self.block_inner_grad]
         if self.inf_mode:
             blocks = [self.block_dp]
         k = self.r.choice([1, 1, 2, 3])

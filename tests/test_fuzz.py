@@ -44,6 +44,7 @@ FEATURES = {
     "soft operators on arrays": lambda p: "smax(D" in p.source or "smin(D" in p.source,
     "in-place updates": lambda p: "*= tanh" in p.source,
     "irregular nests": lambda p: "def irr" in p.source,
+    "grad inside the program": lambda p: "= grad(hq" in p.source,
 }
 
 
