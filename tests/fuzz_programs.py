@@ -179,11 +179,11 @@ class Gen:
         v = self.name("v")
         if smooth:
             reg = r.choice(["entropy", "entropy", "l2"])
-            self.helpers.append(self.helper(h, lines, res, reg))
+            self.helpers.append(self.helper(h, lines + [f"return {res}"], reg))
             g = r.choice(["s", "0.5 * s + 0.1", "s * s + 0.05"])
             self.emit(f"{v} = {h}(D, x, y, s, {g})")
         elif r.random() < 0.5:
-            self.helpers.append(self.helper(h, lines, res, None))
+            self.helpers.append(self.helper(h, lines + [f"return {res}"], None))
             self.emit(f"{v} = {h}(D, x, y, s)")
         else:
             for ln in lines:
@@ -192,7 +192,9 @@ class Gen:
         self.kinky = self.kinky or (hard and not smooth)
         self.terms.append(v)
 
-    def helper(self, name, lines, res, reg):
+    def helper(self, name, lines, reg):
+        """Source of helper ``name(D, x, y, s[, gamma]) -> f64`` with body ``lines``
+        (its last a return), smoothed with ``reg`` unless that is None."""
         head = ""
         if reg:
             head = f"@smooth({reg}, gamma=gamma)\n"
@@ -200,7 +202,7 @@ class Gen:
         else:
             sig = f"def {name}(D: f64[n, m], x: f64[n], y: f64[m], s: f64) -> f64:"
         body = "\n".join("    " + ln for ln in lines)
-        return f"{head}{sig}\n{body}\n    return {res}\n"
+        return f"{head}{sig}\n{body}\n"
 
     def block_alignment(self):
         """Forward DP that records onehot_argmin weights, then a backtracking sweep."""
@@ -242,25 +244,17 @@ class Gen:
             self.kinky = True
         self.terms.append(v)
 
-    def smoothed_helper(self, name, params, result, lines, allow_l2=True):
-        """Emit helper ``name`` (hard or smoothed at random) and call it; returns the
-        name of the call's result."""
-        r = self.r
-        reg = r.choice([None, "entropy"] + (["l2"] if allow_l2 else []))
-        sig = ", ".join(params)
-        src = []
-        if reg:
-            src.append(f"@smooth({reg}, gamma=gamma)")
-            src.append(f"def {name}(D: f64[n, m], x: f64[n], y: f64[m], s: f64, gamma: f64) -> {result}:")
-        else:
-            src.append(f"def {name}(D: f64[n, m], x: f64[n], y: f64[m], s: f64) -> {result}:")
-            self.kinky = True
-        src += ["    " + ln for ln in lines]
-        self.helpers.append("\n".join(src) + "\n")
+    def helper_term(self, base, lines):
+        """Helper ``lines`` (hard or smoothed at random, named from ``base``), its call
+        on (D, x, y, s) and the call's result as a term of f."""
+        name = self.name(base)
+        reg = self.r.choice([None, "entropy", "l2"])
+        self.kinky = self.kinky or reg is None
+        self.helpers.append(self.helper(name, lines, reg))
         v = self.name("v")
         g = ", 0.3 + 0.5 * s" if reg else ""
-        self.emit(f"{v} = {name}({sig}{g})")
-        return v
+        self.emit(f"{v} = {name}(D, x, y, s{g})")
+        self.terms.append(v)
 
     def block_gotoh(self):
         """Three coupled tables (affine gaps): match, gap in x, gap in y."""
@@ -278,8 +272,7 @@ class Gen:
             f"        Y[i, j] = max(M[i, j - 1] - {o}, Y[i, j - 1] - {e})",
             "return max(M[n, m], X[n, m], Y[n, m])",
         ]
-        v = self.smoothed_helper(self.name("gotoh"), ["D", "x", "y", "s"], "f64", lines)
-        self.terms.append(v)
+        self.helper_term("gotoh", lines)
 
     def block_knapsack(self):
         """Integer weights (t % 3) + 1 make index offsets that depend on the row."""
@@ -294,8 +287,7 @@ class Gen:
             "            V[t, c] = V[t - 1, c]",
             "return V[n, m] + 0.1 * sum(V[n, :])",
         ]
-        v = self.smoothed_helper(self.name("knap"), ["D", "x", "y", "s"], "f64", lines)
-        self.terms.append(v)
+        self.helper_term("knap", lines)
 
     def block_knight(self):
         """Dependences two rows up: cells of a diagonal d = i + j need diagonal d - 3."""
@@ -307,8 +299,7 @@ class Gen:
             f"        T[i, j] = {self.cost('i - 1', 'j')} + {kind}(T[i - 2, j - 1], T[i - 1, j - 1], T[i, j - 1])",
             "return T[n + 1, m] + 0.01 * sum(T)",
         ]
-        v = self.smoothed_helper(self.name("knight"), ["D", "x", "y", "s"], "f64", lines)
-        self.terms.append(v)
+        self.helper_term("knight", lines)
 
     def block_irregular(self):
         """Nests whose inner range depends on the row, strided rows, and a column picked
@@ -328,8 +319,7 @@ class Gen:
             "    T[i, 0] = 0.5 * T[i, k]",
             "return sum(T) * 0.1 + T[n, m]",
         ]
-        v = self.smoothed_helper(self.name("irr"), ["D", "x", "y", "s"], "f64", lines)
-        self.terms.append(v)
+        self.helper_term("irr", lines)
 
     def block_chain(self):
         """v_t = D[t, :] + op over the previous row (Viterbi-like)."""

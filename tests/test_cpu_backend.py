@@ -314,30 +314,35 @@ def test_cpu_is_the_default_backend():
     assert r.stdout.split() == ["cpu", "<dplang", "function", "f", "(cpu)>", "3.0"]
 
 
-def test_allocator_tuning_applies_once_and_can_be_turned_off():
+def _tuned_and_untuned(code):
+    """stdout of ``code`` in a fresh Python with the allocator settings, and without
+    (DPLANG_MALLOPT=0); both must succeed."""
     import subprocess
     import sys
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "DPLANG_MALLOPT": "0"})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    return on.stdout, off.stdout
+
+
+def test_allocator_tuning_applies_once_and_can_be_turned_off():
     code = ("import numpy as np, dplang as dp\n"
             "from dplang.backends.cpu import memory\n"
             "m = dp.compile('def f(x: f64) -> f64:\\n    return x * 2.0\\n', backend='cpu')\n"
             "assert m.f(1.5) == 3.0\n"
             "print(memory.applied, memory._done)\n")
     import platform
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "DPLANG_MALLOPT": "0"})
-    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    on, off = _tuned_and_untuned(code)
     glibc = platform.libc_ver()[0] == "glibc"
-    assert on.stdout.split() == [str(glibc), "True"]
-    assert off.stdout.split() == ["False", "True"]
+    assert on.split() == [str(glibc), "True"]
+    assert off.split() == ["False", "True"]
 
 
 def test_large_tables_are_reused_without_page_faults():
     """Blocks of 32 MiB and more come from the heap once tuned (M_MMAP_MAX = 0), so a
     second call does not fault its 40 MB table in again; untuned, every call does."""
     import platform
-    import subprocess
-    import sys
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the allocator settings are glibc's")
     code = ("import resource, numpy as np, dplang as dp\n"
@@ -347,11 +352,8 @@ def test_large_tables_are_reused_without_page_faults():
             "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "assert m.f(5_000_000) == 1.0\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "DPLANG_MALLOPT": "0"})
-    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
-    assert int(on.stdout) < 1000 < 5000 < int(off.stdout)    # 40 MB: 9766 pages
+    on, off = _tuned_and_untuned(code)
+    assert int(on) < 1000 < 5000 < int(off)    # 40 MB: 9766 pages
 
 
 def test_trim_threshold_bounds():

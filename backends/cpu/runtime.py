@@ -772,16 +772,26 @@ def rt_pitch(m, w):
 
 
 @jit
+def rt_wave_keeps(x, cells):
+    """Whether a wavefront nest of ``cells`` cells visits the 2-D array ``x`` itself:
+    its rows are far enough apart in the L1 cache's sets (rt_pitch), or the nest is
+    empty, much smaller than ``x`` (a copy would cost more than it saves) or has few
+    rows; else rt_wave_pad and rt_strip_buf give it wider rows."""
+    n, m = x.shape
+    return cells <= 0 or n < 16 or 2 * cells < n * m or rt_l1_sets(n, x.strides[0]) >= 32
+
+
+@jit
 def rt_wave_pad(x, cells):
     """The 2-D array a wavefront nest of ``cells`` cells reads (and writes) along
     anti-diagonals: ``x`` itself if its rows are far enough apart in the L1 cache's
     sets (rt_pitch), else a C-contiguous copy with rt_pitch's row pitch (columns past
     ``x``'s are never touched: the nest's indices are ``x``'s).  Tables much larger than
     the nest keep their layout (the copy would cost more than it saves)."""
+    if rt_wave_keeps(x, cells):
+        return x
     n, m = x.shape
     w = x.itemsize
-    if n < 16 or 2 * cells < n * m or rt_l1_sets(n, x.strides[0]) >= 32:
-        return x
     buf = np.empty((n, rt_pitch(m, w) // w), x.dtype)
     buf[:, :m] = x
     return buf
@@ -794,11 +804,10 @@ def rt_strip_buf(x, cells, rows):
     (rt_strip_in, rt_strip_out); else ``x`` itself.  A strip's rows stay in L2 between
     the copy and the nest, where a copy of the whole table streams it through memory
     twice more (40 of 85 ms for a 2048 x 2048 soft-DTW value)."""
-    n, m = x.shape
-    w = x.itemsize
-    if cells <= 0 or n < 16 or 2 * cells < n * m or rt_l1_sets(n, x.strides[0]) >= 32:
+    if rt_wave_keeps(x, cells):
         return x
-    return np.empty((rows, rt_pitch(m, w) // w), x.dtype)
+    w = x.itemsize
+    return np.empty((rows, rt_pitch(x.shape[1], w) // w), x.dtype)
 
 
 @jit
