@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dplang as dp
-from dplang.backends.cpu import codegen
+from dplang.backends.cpu import codegen, skew
 from dplang.backends.cpu import wavefront as cpu_wavefront
 from dplang.ir.wavefront import wavefront_nests
 
@@ -153,18 +153,24 @@ def test_wavefront_slots_are_the_order_of_the_kernels(dims):
     assert got == list(range(len(order)))
 
 
-def test_weights_stay_in_wavefront_order_on_their_tapes(mods):
+def test_weights_stay_in_wavefront_order_on_their_tapes(mods, monkeypatch):
     """soft-DTW's three weights: the kernel writes them into the tapes (no strip buffer,
-    no copy into row order), and the reverse sweep reads them at their cells' slot,
-    computed once a cell, and prefetches each tape's entry PREFETCH slots back."""
+    no copy into row order).  A row-order reverse sweep (skewed blocks off, skew.py)
+    reads them at their cells' slot, computed once a cell, and prefetches each tape's
+    entry PREFETCH slots back."""
     cpu, _ = mods
     src = dp.value_and_grad(cpu.soft_dtw).source()
+    for t in ("tape", "tape_1", "tape_2"):
+        assert f"{t}[{t}_n + done:]" in src
+    assert "rank = (" not in src and "np.empty((64 + " not in src
+    monkeypatch.setattr(skew, "ROWS", 0)
+    rows = dp.compile(SRC + "\n# row order\n", filename="wave_rows.dp", backend="cpu")
+    src = dp.value_and_grad(rows.soft_dtw).source()
     assert src.count("slot = rt_wave_rank(i_1, j_1, ") == 1
     for t in ("tape", "tape_1", "tape_2"):
         assert f"{t}[{t}_n + done:]" in src
         assert f"rt_at1({t}, {t}_n + slot)" in src
         assert f"rt_prefetch({t}, {t}_n + slot - {codegen.PREFETCH})" in src
-    assert "rank = (" not in src and "np.empty((64 + " not in src
 
 
 def test_inf_borders_and_tiny_gamma_stay_finite(mods):

@@ -53,10 +53,12 @@ def _grad(mod, name, *args):
     return dp.value_and_grad(getattr(mod, name))(*args)
 
 
-@pytest.mark.parametrize("name, windowed", [("soft_dtw", True), ("two_seeds", True),
+@pytest.mark.parametrize("name, windowed", [("soft_dtw", "ring"), ("two_seeds", "ring"),
                                             ("hard_dtw", True), ("far_seed", False),
                                             ("relax", False)])
 def test_which_sweeps_keep_two_rows_and_their_gradients(mods, name, windowed):
+    """(A sweep run in skewed blocks of rows, backends/cpu/skew.py, keeps a ring of
+    nine rows instead of two: "ring".)"""
     cpu, interp = mods
     D = rng.random((37, 29)) * 3.0
     args = (D, 0.7)
@@ -64,9 +66,11 @@ def test_which_sweeps_keep_two_rows_and_their_gradients(mods, name, windowed):
     # every one is a reverse sweep (descending loops) with a hoisted test (a
     # candidate), with or without a tape: only the conditions of window.plan decide
     assert "index checks hoisted out of the nest" in src
-    assert ("keeps two rows (backends/cpu/window.py)" in src) == windowed
-    if windowed:                    # two rows of the width of the table, turned per row
+    assert ("keeps two rows (backends/cpu/window.py)" in src) == (windowed is True)
+    assert ("keeps 9 rows (backends/cpu/window.py, skew.py)" in src) == (windowed == "ring")
+    if windowed:                    # no whole table
         assert "np.full_like(R" not in src
+    if windowed is True:            # two rows of the width of the table, turned per row
         assert "_up = np.zeros(" in src and "_up[:] = 0.0" in src
     v, g = _grad(cpu, name, *args)
     vi, gi = _grad(interp, name, *args)

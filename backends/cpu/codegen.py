@@ -44,7 +44,7 @@ from dplang.ir.core import Func, Op, Program, Region, Value
 from dplang.ir.printer import Namer, is_inlined_const
 from dplang.ir.primitives import REGISTRY, soft
 from dplang.ir.primitives.reductions import norm_axes
-from dplang.backends.cpu import fusion, ranges, wavefront, window
+from dplang.backends.cpu import fusion, ranges, skew, wavefront, window
 
 CODEGEN_VERSION = "1"
 
@@ -439,6 +439,8 @@ class FuncGen:
         self.window_turns: dict = {}            # outer loop -> its windows
         for w in {id(w): w for w in self.windows.values()}.values():
             self.window_turns.setdefault(w.nest.outer, []).append(w)
+        # reverse sweeps that run several rows at once (skew.py; their windows are rings)
+        self.skews = skew.plan(self)
         # column soft operators that read their operand's two parts (_plan_offsets)
         self.offsets, self.absorbed = self._plan_offsets()
         # runs of elementwise array ops emitted as one loop nest each (fusion.py)
@@ -1029,7 +1031,7 @@ class FuncGen:
         r0, r1, _ = ranges.bounds(self, b.outer, -1)
         c0, c1, _ = ranges.bounds(self, b.inner, -1)
         slot = self.wave_slots[op] = self.fresh("slot")
-        cols = f"{ranges.plus(c1, 1)} - {c0}"
+        cols = ranges.minus(ranges.plus(c1, 1), c0)
         self.line(ind, f"{slot} = {self.mod.helper('rt_wave_rank')}({i}, {j}, {r0}, "
                        f"{ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, "
                        f"{self.mod.helper('rt_wave_strip')}({cols}))", op)
@@ -1067,6 +1069,8 @@ class FuncGen:
                     cols = ranges.trip_count(self, nest.inner, -1)
                     self.line(ind, f"{self.tape_count(t)} -= max({rows}, 0) * max({cols}, 0)",
                               op)
+            if op in self.skews:
+                return skew.emit(self, nest, ind)
         carry = self.carry_loops.get(op, ())
         for name, c in carry:
             self.line(ind, f"{name} = -0.0", c.add)

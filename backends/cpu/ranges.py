@@ -41,8 +41,8 @@ def bounds(gen, loop: Op, sign: int):
     count is positive exactly when the loop runs)."""
     lo, hi = (gen.literals.get(v) or gen.ref(v) for v in loop.operands[:2])
     if sign > 0:
-        return lo, plus(hi, -1), _minus(hi, lo)
-    return plus(hi, 1), lo, _minus(lo, hi)
+        return lo, plus(hi, -1), minus(hi, lo)
+    return plus(hi, 1), lo, minus(lo, hi)
 
 
 def last_value(gen, loop: Op, sign: int) -> str:
@@ -112,7 +112,8 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
         for ax, (lo, hi) in enumerate(spans):
             size = f"{name}.shape[{ax}]"
             if win is not None:
-                size = win.names["rows"] if ax == 0 else f"{name}.shape[0]"
+                size = (win.names["rows"] if ax == 0
+                        else win.names.get("cols") or f"{name}.shape[0]")
             nonneg = _int(lo) is not None and _int(lo) >= 0     # (a shape is never < 0)
             low = [] if nonneg else [f"{'0' if win is not None and ax == 0 else '-' + size} <= {lo}"]
             for t in low + [f"{hi} < {size}"]:
@@ -170,7 +171,7 @@ def plus(s: str, c: int) -> str:
     return f"{_paren(s)} + {c}" if c > 0 else f"{_paren(s)} - {-c}"
 
 
-def _minus(a: str, b: str) -> str:
+def minus(a: str, b: str) -> str:
     """The text of ``a - b``."""
     if _int(a) is not None and _int(b) is not None:
         return str(_int(a) - _int(b))

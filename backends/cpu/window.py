@@ -53,7 +53,8 @@ class Window:
     seeds: list                 # in-place scalar writes between base and the nest
     seed_rows: dict             # seed op -> 0 (row i0) or -1 (row i0 - 1)
     rows_of: dict               # access op -> its row offset (0 or -1)
-    names: dict = field(default_factory=dict)   # "cur", "up", "rows": locals
+    names: dict = field(default_factory=dict)   # "cur", "up", "rows" (, "ring"): locals
+    ring: int = 0               # > 0: a ring of this many rows instead (skew.py)
 
 
 def plan(gen) -> dict:
@@ -161,6 +162,21 @@ def emit_base(gen, w: Window, ind: int):
         rows, cols = (gen.ref(d) for d in o.operands)
     cur = gen.ref(r)
     name = gen.ref(w.nest.outer.regions[0].args[1 + w.slot])
+    if w.ring:
+        # a ring of rows for a sweep that runs several rows at once (skew.py): row r at
+        # r % ring, with a pitch that spreads the rows over the L1 cache's sets
+        ring = gen.fresh(f"{cur}_ring")
+        w.names = {"ring": ring, "rows": gen.fresh(f"{cur}_rows"),
+                   "cols": gen.fresh(f"{cur}_cols"), "cur": None, "up": None}
+        size = 4 if r.type.dtype == "f32" else 8
+        gen.line(ind, f"# {name} keeps {w.ring} rows (backends/cpu/window.py, skew.py): the "
+                      f"reverse sweep touches rows i_hi - {w.ring - 1} .. i_hi of a block", o)
+        gen.line(ind, f"{w.names['rows']} = {rows}", o)
+        gen.line(ind, f"{w.names['cols']} = {cols}", o)
+        gen.line(ind, f"{ring} = np.zeros(({w.ring}, {gen.mod.helper('rt_pitch')}"
+                      f"({w.names['cols']}, {size}) // {size}), {dt})", o)
+        gen.line(ind, f"{cur} = {ring}", o)     # (the table's name: its carried slots)
+        return
     w.names = {"cur": cur, "up": gen.fresh(f"{cur}_up"), "rows": gen.fresh(f"{cur}_rows")}
     gen.line(ind, f"# {name} keeps two rows (backends/cpu/window.py): the reverse "
                   f"sweep touches rows i and i - 1 only", o)
@@ -175,9 +191,12 @@ def emit_seed(gen, w: Window, op: Op, ind: int):
     r = gen.ref(row)
     gen.line(ind, f"if not (0 <= {r} < {rows}):", op)
     gen.line(ind + 1, "raise IndexError('index out of range')", op)
-    buf = w.names["cur" if w.seed_rows[op] == 0 else "up"]
     sym = "=" if op.name == "setitem" else "+="
     val = gen.val(op.operands[1], op.operands[0].type.dtype)
+    if w.ring:
+        gen.line(ind, f"{w.names['ring']}[{r} % {w.ring}, {gen.ref(col)}] {sym} {val}", op)
+        return
+    buf = w.names["cur" if w.seed_rows[op] == 0 else "up"]
     gen.line(ind, f"{buf}[{gen.ref(col)}] {sym} {val}", op)
 
 
