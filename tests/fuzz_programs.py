@@ -57,9 +57,31 @@ class Program:
         return [D, x, y, s]
 
 
+def _from_zero(lines: list[str]) -> list[str]:
+    """The nest in ``lines`` with loops from 0 (``range(n)``, ``range(m)``) and every
+    index shifted to match: ``i - 1`` becomes ``i``, ``i`` becomes ``i + 1``.  Its
+    reverse sweep then descends to -1 (a first column that is an expression)."""
+    import re
+
+    def shift(mt):
+        c = int(mt.group(3)) * (1 if mt.group(2) == "+" else -1) if mt.group(2) else 0
+        c += 1
+        return mt.group(1) + ("" if c == 0 else f" + {c}" if c > 0 else f" - {-c}")
+    out = []
+    for ln in lines:
+        ln = ln.replace("range(1, n + 1)", "range(n)").replace("range(1, m + 1)", "range(m)")
+        if "for " not in ln and "abs(i - j)" not in ln:     # (a band: the same either way)
+            ln = re.sub(r"\b([ij])\b(?: ([+-]) (\d+))?", shift, ln)
+        out.append(ln)
+    return out
+
+
 class Gen:
     def __init__(self, seed: int):
         self.r = random.Random(seed)
+        # choices added later draw from their own stream, so that the programs of the
+        # older choices stay the same for a seed
+        self.r2 = random.Random(seed * 7919 + 17)
         self.seed = seed
         self.body: list[str] = []
         self.helpers: list[str] = []
@@ -145,6 +167,7 @@ class Gen:
             result = f"{T}[n, m]"
         if col_major:
             loops.reverse()
+        start = len(out)
         terms = [nbs[z] for z in subset]
         if kind == "sum":
             ws = [r.choice(["0.5", "0.25", "0.3", "s * 0.2"]) for _ in terms]
@@ -162,6 +185,8 @@ class Gen:
             out.append(f"            {T}[i, j] = {rhs}")
         else:
             out.append(f"        {T}[i, j] = {rhs}")
+        if not descending and self.r2.random() < 0.3:
+            out[start:] = _from_zero(out[start:])
         # the whole table matters, not only the corner, now and then
         if r.random() < 0.3 and border == "edges":
             result = f"{result} + 0.01 * sum({T})"

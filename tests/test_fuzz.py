@@ -27,6 +27,7 @@ FEATURES = {
     "column order": lambda p: "for j in range(1, m + 1):\n        for i" in p.source
     or "    for j in range(1, m + 1):\n        for i" in p.source,
     "band": lambda p: "abs(i - j) <=" in p.source,
+    "loops from 0": lambda p: "[i + 1, j + 1] = " in p.source and "@smooth(entropy" in p.source,
     "alignment (backtracking)": lambda p: "def align" in p.source,
     "smoothed alignment": lambda p: "def align" in p.source and "@smooth" in p.source
     .split("def align")[0].splitlines()[-1],
