@@ -113,7 +113,7 @@ def test_nests_get_one_hoisted_test_and_unchecked_accesses(mods):
     assert vg.count("raise IndexError(") == 3
     # (the gathers read the nest's strip buffer of D, rt_strip_buf: D itself or a strip
     # of its rows with wider rows, whose row 0 is row D_b of D)
-    # (the reverse sweep, in skewed blocks of rows, skew.py, reads a step's eight cells
+    # (the reverse sweep, in skewed blocks of rows, skew.py, reads a step's cells
     # at consecutive slots from base)
     assert "rt_at2(D_s, t8 - D_b, " in vg and "= rt_at1(tape, tape_n + base)" in vg
     # forward nests in row order keep their per-access checks (measured faster)

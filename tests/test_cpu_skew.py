@@ -1,5 +1,5 @@
 """Skewed row blocks (backends/cpu/skew.py): reverse sweeps that read wavefront-order
-tapes run eight rows at once, each a column behind the row below.  Which nests get the
+tapes run skew.ROWS rows at once, each a column behind the row below.  Which nests get the
 schedule, and that values, gradients and Hessian-vector products are the same bits as
 the row order's (``skew.ROWS = 0``) and the interpreter's to 1e-12."""
 import numpy as np
@@ -46,9 +46,10 @@ def zero_based(D: f64[n, m], gamma: f64) -> f64:
 
 NAMES = ("soft_dtw", "two_seeds", "far_seed")
 
-# fewer rows than a block, rows not a multiple of 8, fewer columns than 8 (no steady
-# steps), strips of 64 rows with a short last one, 4 KB row pitches
-SHAPES = [(1, 1), (1, 9), (9, 1), (3, 5), (8, 8), (9, 7), (8, 20), (17, 8), (23, 41),
+# fewer rows than a block (4 rows), rows not a multiple of 4 or 8, fewer columns than
+# a block (no steady steps), strips of 64 rows with a short last one, 4 KB row pitches
+SHAPES = [(1, 1), (1, 9), (9, 1), (3, 5), (3, 2), (4, 4), (5, 3), (8, 8), (9, 7), (8, 20),
+          (17, 8), (23, 41), (66, 5),
           (64, 64), (65, 9), (130, 70), (70, 512)]
 
 
@@ -83,13 +84,15 @@ def test_the_reverse_sweeps_that_read_wavefront_tapes_run_skewed(mods, rows, mon
     cpu, _ = mods
     src = dp.value_and_grad(cpu.soft_dtw).source()
     assert "skewed rows (backends/cpu/skew.py)" in src
-    # eight copies of the cell with their own carries, the tapes read at consecutive
+    # ROWS copies of the cell with their own carries, the tapes read at consecutive
     # slots of one diagonal and prefetched AHEAD steps on, the adjoint table a ring
-    assert "carry_0 = carry_1 = carry_2 = carry_3 = carry_4 = carry_5 = carry_6 = carry_7 = -0.0" in src
+    K = skew.ROWS
+    assert K >= 2
+    assert " = ".join(f"carry_{k}" for k in range(K)) + " = -0.0" in src
     for t in ("tape", "tape_1", "tape_2"):
-        assert f"rt_at1({t}, {t}_n + base - 7)" in src
+        assert f"rt_at1({t}, {t}_n + base - {K - 1})" in src
         assert f"rt_prefetch({t}, {t}_n + base - {skew.AHEAD} * strip_h" in src
-    assert "_ring = np.zeros((9, rt_pitch(" in src
+    assert f"_ring = np.zeros(({K + 1}, rt_pitch(" in src
     assert "slot = rt_wave_rank(i_1, j_1, " not in src
     # the row order when turned off
     off = _row_order(monkeypatch, lambda: dp.value_and_grad(rows.soft_dtw).source())

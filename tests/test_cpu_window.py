@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import dplang as dp
-from dplang.backends.cpu import window
+from dplang.backends.cpu import skew, window
 
 rng = np.random.default_rng(7)
 
@@ -58,7 +58,7 @@ def _grad(mod, name, *args):
                                             ("relax", False)])
 def test_which_sweeps_keep_two_rows_and_their_gradients(mods, name, windowed):
     """(A sweep run in skewed blocks of rows, backends/cpu/skew.py, keeps a ring of
-    nine rows instead of two: "ring".)"""
+    skew.ROWS + 1 rows instead of two: "ring".)"""
     cpu, interp = mods
     D = rng.random((37, 29)) * 3.0
     args = (D, 0.7)
@@ -67,7 +67,8 @@ def test_which_sweeps_keep_two_rows_and_their_gradients(mods, name, windowed):
     # candidate), with or without a tape: only the conditions of window.plan decide
     assert "index checks hoisted out of the nest" in src
     assert ("keeps two rows (backends/cpu/window.py)" in src) == (windowed is True)
-    assert ("keeps 9 rows (backends/cpu/window.py, skew.py)" in src) == (windowed == "ring")
+    ring = f"keeps {skew.ROWS + 1} rows (backends/cpu/window.py, skew.py)"
+    assert (ring in src) == (windowed == "ring")
     if windowed:                    # no whole table
         assert "np.full_like(R" not in src
     if windowed is True:            # two rows of the width of the table, turned per row

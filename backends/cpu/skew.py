@@ -1,4 +1,4 @@
-"""Skewed row blocks: reverse sweeps that run eight rows at once.
+"""Skewed row blocks: reverse sweeps that run several rows at once.
 
 The reverse sweep of a soft-DTW-like recursion (passes/ad_reverse.py) runs in row order,
 descending, and each cell waits for its right neighbour: the adjoint it adds into its
@@ -10,28 +10,29 @@ behind the row below it:
     step t:   row i_hi      at column c1 - t
               row i_hi - 1  at column c1 - t + 1
               ...
-              row i_hi - 7  at column c1 - t + 7
+              row i_hi - 3  at column c1 - t + 3
 
 Row ``i_hi - q`` reaches column j one step after row ``i_hi - q + 1`` has done columns
 ``j`` and ``j + 1`` (the cells whose adjoints it reads), and within a step the rows go
 from the bottom up.  That is the reverse of the wavefront order restricted to the block
 (``ir/wavefront.py`` accepted the nest: every dependence is ordered the same way by
 diagonals), so every addition happens in the same order as in row order: the same bits.
-Eight chains are in flight instead of one, and the eight cells of a step lie on one
+``ROWS`` chains are in flight instead of one, and the cells of a step lie on one
 diagonal of the forward sweep, so the tapes it kept in wavefront order
-(``wavefront._wave_tapes``) hold their entries in eight consecutive slots
-(``rt_wave_rank`` once a step, then ``- q``; the blocks are aligned to the forward's
-strips of ``rt_wave_strip(cols)`` rows for that).
+(``wavefront._wave_tapes``) hold their entries in consecutive slots (``rt_wave_rank``
+once a step, then ``- q``; the blocks lie within the forward's strips of
+``rt_wave_strip(cols)`` rows for that).
 
 A nest gets this schedule (``plan``) when it is a descending row-order nest that
 ``gen.rows`` keeps, pops only tapes kept in wavefront order for it, pushes nothing and
-asserts nothing.  Each step with all eight rows inside the columns runs eight copies of
-the cell's code, each with its own locals and its own carries (LLVM keeps them in
-registers; a loop over the rows with the carries in an array ran slower than row order),
-and the first and last seven steps of a block, and blocks of fewer rows, run one copy in
-a loop over the rows present with the carries in a small array.  A two-row adjoint table
-(``window.py``) becomes a ring of ``ROWS + 1`` rows (row ``r`` at ``r % (ROWS + 1)``),
-cleared after each block, with a pitch that keeps its rows in different cache sets.
+asserts nothing.  Each step with all the block's rows inside the columns runs ``ROWS``
+copies of the cell's code, each with its own locals and its own carries (LLVM keeps
+them in registers; a loop over the rows with the carries in an array ran slower than
+row order), and the first and last ``ROWS - 1`` steps of a block, and blocks of fewer
+rows, run one copy in a loop over the rows present with the carries in a small array.
+A two-row adjoint table (``window.py``) becomes a ring of ``ROWS + 1`` rows (row ``r``
+at ``r % (ROWS + 1)``), cleared after each block, with a pitch that keeps its rows in
+different cache sets.
 
 Measured (docs/performance.md, session 15): soft-DTW value + gradient at n = 512 and
 1024.  ``ROWS = 0`` turns the schedule off (tests compare both).
@@ -42,8 +43,12 @@ from dplang.ir import types as T
 
 from dplang.backends.cpu import ranges
 
-# rows in flight (0: off)
-ROWS = 8
+# Rows in flight (0: off).  Four chains of an add and a multiply (4 cycles each) keep
+# the core as busy as the cell's loads and stores allow: soft-DTW value + gradient took
+# the same time with 4 and 8 rows (5.0 and 23.9 ms at 512 and 1024; 2 rows 5.5 and 28,
+# the row order 5.5-5.9 and 26-29), and 8 rows cost another 0.4 s of cold compile (the
+# cell's code is emitted ROWS + 1 times).
+ROWS = 4
 
 # Steps ahead whose tape entries a steady step prefetches (rt_prefetch).  A block reads
 # each line of a tape once, a diagonal's length (the strip height) further down every
