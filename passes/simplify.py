@@ -20,6 +20,13 @@ from dplang.ir.primitives import REGISTRY
 
 PURE_STRUCTURAL = ("const", "undef", "call")
 
+# Constructors of fresh arrays are not merged by CSE: two tables made alike (``M =
+# full(..., -inf)``, ``X = full(..., -inf)`` in an affine-gap recursion) are written
+# apart afterwards, and one value for both made the in-place analysis copy each table
+# before its loop (and a copied table's nest gets no wavefront schedule).
+FRESH = ("empty", "full", "zeros", "ones", "full_like", "zeros_like", "ones_like", "eye",
+         "arange", "linspace", "array", "copy")
+
 
 def _const(v: Value):
     o = v.owner
@@ -89,7 +96,7 @@ class Simplifier:
         p = REGISTRY.get(op.name)
         if p is None and op.name != "const":
             return None
-        if op.name in ("empty",):
+        if op.name in FRESH:
             return None
         try:
             attrs = tuple(sorted((k, repr(v)) for k, v in op.attrs.items()))

@@ -29,6 +29,23 @@ def two_seeds(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return R[n, m
 @smooth(entropy, gamma=gamma)
 def far_seed(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return R[n, m] + 0.5 * R[n - 2, m]
 
+# three coupled tables (affine gaps, Gotoh), made alike: the forward sweep gets a
+# wavefront kernel and the reverse sweep skewed blocks only since session 15 (CSE merged
+# the three `full` tables into one value before, and each was copied before its loop);
+# one carry (d_Y's: d_M gets its add before its read, so it stays in memory)
+@smooth(entropy, gamma=gamma)
+def gaps(D: f64[n, m], gamma: f64) -> f64:
+    M = full((n + 1, m + 1), -inf)
+    X = full((n + 1, m + 1), -inf)
+    Y = full((n + 1, m + 1), -inf)
+    M[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            M[i, j] = -D[i - 1, j - 1] + max(M[i - 1, j - 1], X[i - 1, j - 1], Y[i - 1, j - 1])
+            X[i, j] = max(M[i - 1, j] - 1.0, X[i - 1, j] - 0.2)
+            Y[i, j] = max(M[i, j - 1] - 1.0, Y[i, j - 1] - 0.2)
+    return max(M[n, m], X[n, m], Y[n, m])
+
 # soft-DTW with loops from 0: the reverse loops end at -1, so the sweep's first column
 # is the expression (-1) + 1; the strip height of 1023 and 1024 columns was computed
 # for m + 2 columns (an unparenthesised subtraction) and the tapes read at the wrong
@@ -44,7 +61,7 @@ def zero_based(D: f64[n, m], gamma: f64) -> f64:
 
 '''
 
-NAMES = ("soft_dtw", "two_seeds", "far_seed")
+NAMES = ("soft_dtw", "two_seeds", "far_seed", "gaps")
 
 # fewer rows than a block (4 rows), rows not a multiple of 4 or 8, fewer columns than
 # a block (no steady steps), strips of 64 rows with a short last one, 4 KB row pitches
@@ -185,3 +202,12 @@ def test_loops_from_zero_at_the_strip_height_thresholds(mods, rows, monkeypatch)
     for (v, g), (v1, g1), (v0, g0) in zip(want, got, got0):
         assert v1 == v and np.array_equal(g1, g)
         assert v0 == v and np.array_equal(g0, g)
+
+
+def test_tables_made_alike_stay_apart(mods):
+    """CSE does not merge constructors of fresh arrays (passes/simplify.py, FRESH): the
+    three tables of gaps are three `full` ops, and no table is copied before its nest."""
+    cpu, _ = mods
+    assert cpu.gaps.ir("optimized").count(" = full(") == 3
+    src = dp.value_and_grad(cpu.gaps).source()
+    assert "wavefront (backends/cpu/wavefront.py)" in src and ".copy()" not in src
