@@ -157,25 +157,26 @@ def test_gradients_match_the_interpreter(mods, name):
         np.testing.assert_allclose(gc, gi, rtol=1e-12, atol=1e-15)
 
 
-def test_hessian_vector_products_are_the_same_bits(mods, rows, monkeypatch):
+@pytest.mark.parametrize("name", ["soft_dtw", "gaps"])
+def test_hessian_vector_products_are_the_same_bits(mods, rows, monkeypatch, name):
     """The HVP (forward over reverse) runs the reverse sweep's tangent through the same
     skewed blocks."""
     cpu, interp = mods
     cases = [(_costs(shape, False), rng.standard_normal(shape))
              for shape in [(9, 7), (17, 8), (70, 33)]]
-    h1 = dp.hvp(cpu.soft_dtw)
+    h1 = dp.hvp(getattr(cpu, name))
     got = [h1(D, 0.5, V) for D, V in cases]
     assert "skewed rows" in h1.source()
 
     def row_order():
-        h0 = dp.hvp(rows.soft_dtw)
+        h0 = dp.hvp(getattr(rows, name))
         out = [h0(D, 0.5, V) for D, V in cases]
         assert "skewed rows" not in h0.source()
         return out
     for a, b in zip(got, _row_order(monkeypatch, row_order)):
         assert np.array_equal(a, b)
     D, V = cases[0]
-    np.testing.assert_allclose(got[0], dp.hvp(interp.soft_dtw)(D, 0.5, V),
+    np.testing.assert_allclose(got[0], dp.hvp(getattr(interp, name))(D, 0.5, V),
                                rtol=1e-11, atol=1e-14)
 
 
