@@ -20,6 +20,7 @@ with the same checks and prints each failing seed with its program.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 
@@ -61,8 +62,6 @@ def _from_zero(lines: list[str]) -> list[str]:
     """The nest in ``lines`` with loops from 0 (``range(n)``, ``range(m)``) and every
     index shifted to match: ``i - 1`` becomes ``i``, ``i`` becomes ``i + 1``.  Its
     reverse sweep then descends to -1 (a first column that is an expression)."""
-    import re
-
     def shift(mt):
         c = int(mt.group(3)) * (1 if mt.group(2) == "+" else -1) if mt.group(2) else 0
         c += 1
@@ -630,7 +629,6 @@ def jit_source(prog: Program) -> str | None:
     ``@smooth`` decorator would need Python names for its arguments)."""
     if "@smooth" in prog.source:
         return None
-    import re
     used = [n for n in JIT_NAMES if re.search(rf"\b{n}\b", prog.source)]
     head = ["from __future__ import annotations", "import dplang as dp"]
     if used:

@@ -9,6 +9,21 @@ import dplang as dp
 
 rng = np.random.default_rng(11)
 
+# the body of an affine-gap recursion (Gotoh: three coupled tables); test_cpu_skew.py
+# smooths it
+GAPS = '''
+    M = full((n + 1, m + 1), -inf)
+    X = full((n + 1, m + 1), -inf)
+    Y = full((n + 1, m + 1), -inf)
+    M[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            M[i, j] = -D[i - 1, j - 1] + max(M[i - 1, j - 1], X[i - 1, j - 1], Y[i - 1, j - 1])
+            X[i, j] = max(M[i - 1, j] - 1.0, X[i - 1, j] - 0.2)
+            Y[i, j] = max(M[i, j - 1] - 1.0, Y[i, j - 1] - 0.2)
+    return max(M[n, m], X[n, m], Y[n, m])
+'''
+
 SRC = '''
 from std.align import dtw, soft_dtw
 
@@ -82,18 +97,7 @@ def feed_back(D: f64[n, m], a: f64) -> f64:
 # three coupled tables (affine gaps, Gotoh): the reverse sweep adds into d_M[i, j - 1]
 # (from Y's max) before it reads d_M[i, j] (for M's own max), so d_M cannot travel in a
 # local; d_Y, read before its add, can (found by tests/fuzz_programs.py)
-def gaps(D: f64[n, m]) -> f64:
-    M = full((n + 1, m + 1), -inf)
-    X = full((n + 1, m + 1), -inf)
-    Y = full((n + 1, m + 1), -inf)
-    M[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            M[i, j] = -D[i - 1, j - 1] + max(M[i - 1, j - 1], X[i - 1, j - 1], Y[i - 1, j - 1])
-            X[i, j] = max(M[i - 1, j] - 1.0, X[i - 1, j] - 0.2)
-            Y[i, j] = max(M[i, j - 1] - 1.0, Y[i, j - 1] - 0.2)
-    return max(M[n, m], X[n, m], Y[n, m])
-'''
+def gaps(D: f64[n, m]) -> f64:''' + GAPS
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,20 @@
 tapes run skew.ROWS rows at once, each a column behind the row below.  Which nests get the
 schedule, and that values, gradients and Hessian-vector products are the same bits as
 the row order's (``skew.ROWS = 0``) and the interpreter's to 1e-12."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
 import dplang as dp
 from dplang.backends.cpu import skew
 
-rng = np.random.default_rng(11)
+sys.path.insert(0, os.path.dirname(__file__))
+from test_cpu_ranges import GAPS  # noqa: E402  (the affine-gap recursion's body)
+from test_cpu_window import FILL  # noqa: E402  (soft-DTW's table fill)
 
-FILL = '''
-    R = full((n + 1, m + 1), inf)
-    R[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            R[i, j] = D[i - 1, j - 1] + min(R[i - 1, j - 1], R[i - 1, j], R[i, j - 1])
-'''
+rng = np.random.default_rng(11)
 
 SRC = '''
 from std.align import soft_dtw, soft_dtw_divergence
@@ -34,18 +33,7 @@ def far_seed(D: f64[n, m], gamma: f64) -> f64:''' + FILL + '''    return R[n, m]
 # the three `full` tables into one value before, and each was copied before its loop);
 # one carry (d_Y's: d_M gets its add before its read, so it stays in memory)
 @smooth(entropy, gamma=gamma)
-def gaps(D: f64[n, m], gamma: f64) -> f64:
-    M = full((n + 1, m + 1), -inf)
-    X = full((n + 1, m + 1), -inf)
-    Y = full((n + 1, m + 1), -inf)
-    M[0, 0] = 0.0
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            M[i, j] = -D[i - 1, j - 1] + max(M[i - 1, j - 1], X[i - 1, j - 1], Y[i - 1, j - 1])
-            X[i, j] = max(M[i - 1, j] - 1.0, X[i - 1, j] - 0.2)
-            Y[i, j] = max(M[i, j - 1] - 1.0, Y[i, j - 1] - 0.2)
-    return max(M[n, m], X[n, m], Y[n, m])
-
+def gaps(D: f64[n, m], gamma: f64) -> f64:''' + GAPS + '''
 # soft-DTW with loops from 0: the reverse loops end at -1, so the sweep's first column
 # is the expression (-1) + 1; the strip height of 1023 and 1024 columns was computed
 # for m + 2 columns (an unparenthesised subtraction) and the tapes read at the wrong

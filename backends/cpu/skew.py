@@ -116,8 +116,10 @@ def emit(gen, n, ind: int):
             gen.ref(r)
     for name, _ in carries:
         gen.line(ind, " = ".join(steady[name]) + " = -0.0", outer)
-    rank = (f"{h_('rt_wave_rank')}({b_hi} - {q0}, {c1} - {t} + {q0}, {r0}, "
-            f"{ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, {h}) + {q0}")
+    def rank(q: str) -> str:            # the slot of the cell of row b_hi - q at step t
+        plus = "" if q == "0" else f" + {q}"
+        return (f"{h_('rt_wave_rank')}({b_hi}{'' if q == '0' else f' - {q}'}, {c1} - {t}{plus}, "
+                f"{r0}, {ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, {h}){plus}")
     # blocks: strips of the forward's height from the last, blocks of K rows from the last
     gen.line(ind, f"for {s} in range({strips} - 1, -1, -1):", outer)
     i1 = ind + 1
@@ -136,8 +138,9 @@ def emit(gen, n, ind: int):
         views[id(w)] = []
         for k in range(K):
             cur, up = f(f"{ring}_{k}"), f(f"{ring}_{k}_up")
-            gen.line(i2, f"{cur} = {ring}[{_minus(b_hi, k)} % {R}]", outer)
-            gen.line(i2, f"{up} = {ring}[{_minus(b_hi, k + 1)} % {R}]", outer)
+            row = ranges.plus(b_hi, -k)
+            gen.line(i2, f"{cur} = {ring}[{row if k == 0 else f'({row})'} % {R}]", outer)
+            gen.line(i2, f"{up} = {ring}[({ranges.plus(b_hi, -k - 1)}) % {R}]", outer)
             views[id(w)].append((cur, up))
     # phase 0: steps 0 .. t_a (all of them for a block of fewer rows or columns than K);
     # then, for a full block, the steady steps (all K rows inside the columns: K copies,
@@ -157,8 +160,7 @@ def emit(gen, n, ind: int):
                  ", ".join(f"{arrs[name]}[{k}]" for k in range(K)), outer)
     gen.line(i4, f"for {t} in range({K - 1}, {cols}):", outer)
     i5 = ind + 5
-    gen.line(i5, f"{base} = {h_('rt_wave_rank')}({b_hi}, {c1} - {t}, {r0}, "
-                 f"{ranges.plus(r1, 1)}, {c0}, {ranges.plus(c1, 1)}, {h})", outer)
+    gen.line(i5, f"{base} = {rank('0')}", outer)
     pops = list(dict.fromkeys(op.operands[0] for op in ib.ops if op.name == "tape_pop"))
     for tp in pops:                         # the tapes' lines AHEAD steps on (in body
         # order: the source must not depend on addresses, or the cache would miss)
@@ -166,7 +168,7 @@ def emit(gen, n, ind: int):
                      f"{AHEAD} * {h})", outer)
     for k in range(K):
         i_k, j_k = f(f"i_{k}"), f(f"j_{k}")
-        gen.line(i5, f"{i_k} = {_minus(b_hi, k)[1:-1] if k else b_hi}", inner)
+        gen.line(i5, f"{i_k} = {ranges.plus(b_hi, -k)}", inner)
         gen.line(i5, f"{j_k} = {c1} - {t}" + (f" + {k}" if k else ""), inner)
         _copy(gen, n, f"{k}", i_k, j_k, f"{base} - {k}" if k else base, i5,
               {name: steady[name][k] for name, _ in carries},
@@ -180,7 +182,7 @@ def emit(gen, n, ind: int):
     gen.line(i3, f"for {t} in range({t_b}[0], {t_b}[1]):", outer)
     gen.line(i4, f"{q0} = max(0, {t} - {cols} + 1)", outer)
     gen.line(i4, f"{q1} = min({kk}, {t} + 1)", outer)
-    gen.line(i4, f"{base} = {rank}", outer)
+    gen.line(i4, f"{base} = {rank(q0)}", outer)
     gen.line(i4, f"for {q} in range({q0}, {q1}):", inner)
     i_g, j_g = f("i_g"), f("j_g")
     gen.line(i5, f"{i_g} = {b_hi} - {q}", inner)
@@ -242,11 +244,6 @@ def _copy(gen, n, tag: str, i: str, j: str, slot: str, ind: int, carry: dict, vi
         gen.wave_slots[n.inner] = saved_slot
         for w in wins:
             w.names["cur"], w.names["up"] = saved_views[id(w)]
-
-
-def _minus(x: str, k: int) -> str:
-    """The text of (x - k), parenthesised."""
-    return f"({x} - {k})" if k else x
 
 
 def _last_adds(gen, carries, names: dict, i: str, c0: str, views: dict, ind: int):
