@@ -3,7 +3,7 @@ on-demand lowering of every function a module reaches.
 
 ``load_program(source, filename)`` parses a module, resolves ``from X import f``
 (``X.dp`` beside the importing file, or ``std.X`` from the standard library), rejects
-recursion (a cycle in the call graph, found with networkx), validates decorators and
+recursion (a cycle in the call graph, found with graphlib), validates decorators and
 lowers every function into one ``Program``.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import networkx as nx
+import graphlib
 
 from dplang.dsl import ast as A
 from dplang.dsl.lower import (CONSTANTS, MODULE_ALIASES, FuncRef, FunctionLowerer,
@@ -215,30 +215,38 @@ class Loader:
 
     # -- call graph (recursion is not allowed) -------------------------------
     def check_call_graph(self) -> None:
-        g = nx.DiGraph()
+        # (the standard library's graphlib: importing networkx costs 0.09 s, a third of a
+        # warm start, for a graph of a few nodes; docs/design.md, "Dependencies")
+        calls: dict[str, list[str]] = {}
         sites = {}
         for key, (ctx, f) in self.defs.items():
-            g.add_node(key)
+            out = calls.setdefault(key, [])
             for call in _calls(f.body):
                 name = call.func.id
                 k = ctx.func_key(name)
                 if k is not None:
-                    g.add_edge(key, k)
+                    out.append(k)
                     sites.setdefault((key, k), call)
             for d in f.decorators:
                 # functions named by @argmin(obj)/@root(F)/@fixed_point(T) are called too
                 if isinstance(d.expr, A.Call) and d.expr.args and isinstance(d.expr.args[0], A.Name):
                     k = ctx.func_key(d.expr.args[0].id)
                     if k is not None:
-                        g.add_edge(key, k)
+                        out.append(k)
                         sites.setdefault((key, k), d.expr.args[0])
         try:
-            cycle = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
+            graphlib.TopologicalSorter(calls).prepare()
             return
-        a, b = cycle[0][0], cycle[0][1]
-        names = " -> ".join([e[0].rsplit(".", 1)[-1] for e in cycle] + [cycle[0][0].rsplit(".", 1)[-1]])
-        raise DPTypeError(f"recursion is not allowed ({names})", sites[(a, b)].loc)
+        except graphlib.CycleError as e:
+            # graphlib lists a cycle against the edges (callee before caller), its first
+            # and last node the same: report it in call order from its earliest definition
+            cycle = list(reversed(e.args[1]))[:-1]
+        order = {k: n for n, k in enumerate(self.defs)}
+        k0 = min(range(len(cycle)), key=lambda k: order.get(cycle[k], len(order)))
+        cycle = cycle[k0:] + cycle[:k0]
+        names = " -> ".join(c.rsplit(".", 1)[-1] for c in cycle + cycle[:1])
+        raise DPTypeError(f"recursion is not allowed ({names})",
+                          sites[(cycle[0], cycle[1 % len(cycle)])].loc)
 
     # -- lowering -------------------------------------------------------------
     def signature(self, key: str, arg_types, node) -> SigInfo:

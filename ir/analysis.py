@@ -1,4 +1,4 @@
-"""Use-def analyses over the IR (built with networkx), and the in-place analysis that
+"""Use-def analyses over the IR (graphs built with networkx), and the in-place analysis that
 lets code generators write ``A2 = setitem(A1, ...)`` into ``A1``'s buffer.
 
 Helpers
@@ -9,7 +9,12 @@ Helpers
   "defined" by the op holding the region (a loop's induction variable by the loop);
   function parameters have no defining op and give no edges.
 * ``uses(func)``: ``{value: [ops using it as an operand, in program order]}``.
-* ``call_graph(program)`` / ``callees_first(program)``.
+* ``call_graph(program)`` / ``callees_first(program)``; ``calls_of(program)``: the same
+  edges as a plain dict.
+
+networkx is imported by the functions that return graphs, not by this module: what the
+code generator asks on every run (which functions a module needs, the in-place analysis)
+does without it, so a warm start does not pay for its import (docs/design.md).
 
 The in-place rule
 -----------------
@@ -57,9 +62,12 @@ return views).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from dplang.ir.core import Func, Op, Program, Region, Value
+
+if TYPE_CHECKING:
+    import networkx as nx
 from dplang.ir import types as T
 
 
@@ -89,9 +97,10 @@ def defining_op(v: Value) -> Op | None:
     return None
 
 
-def def_use_graph(func: Func) -> nx.DiGraph:
+def def_use_graph(func: Func) -> "nx.DiGraph":
     """Nodes: the ops of ``func`` (attr ``index``: program order).  Edge ``d -> u``: ``u``
     uses a value defined by ``d`` (attr ``values``: the list of such values)."""
+    import networkx as nx
     g = nx.DiGraph()
     for k, op in enumerate(func.walk()):
         g.add_node(op, index=k)
@@ -109,22 +118,35 @@ def def_use_graph(func: Func) -> nx.DiGraph:
     return g
 
 
-def call_graph(program: Program) -> nx.DiGraph:
-    """Nodes: function keys of ``program``; edge ``f -> g``: ``f`` calls ``g``."""
-    g = nx.DiGraph()
+def calls_of(program: Program) -> dict[str, list[str]]:
+    """``{function key: [keys of the functions it calls, in order of first call]}``."""
+    out: dict[str, list[str]] = {}
     for name, f in program.funcs.items():
-        g.add_node(name)
+        callees = out.setdefault(name, [])
         for op in f.walk():
             if op.name == "call":
                 callee = op.attrs.get("callee")
                 callee = program.exports.get(callee, callee)
-                g.add_edge(name, callee)
+                if callee not in callees:
+                    callees.append(callee)
+    return out
+
+
+def call_graph(program: Program) -> "nx.DiGraph":
+    """Nodes: function keys of ``program``; edge ``f -> g``: ``f`` calls ``g``."""
+    import networkx as nx
+    g = nx.DiGraph()
+    for name, callees in calls_of(program).items():
+        g.add_node(name)
+        for callee in callees:
+            g.add_edge(name, callee)
     return g
 
 
 def callees_first(program: Program) -> list[str]:
     """The functions in an order where every callee comes before its callers (a cycle,
     i.e. recursion, raises ``networkx.NetworkXUnfeasible``)."""
+    import networkx as nx
     g = call_graph(program)
     return list(reversed(list(nx.topological_sort(g))))
 
@@ -273,18 +295,21 @@ def analyze_inplace(func: Func) -> InPlace:
     written_direct = {member_slot[op.operands[0]] for op in res.inplace
                       if op.operands[0] in member_slot}
     # slot graph: s -> s2 when a member of s is handed over into s2
-    g = nx.DiGraph()
-    g.add_nodes_from(range(len(slots)))
+    # (kept as predecessor sets: a slot is written when a slot it reaches is)
+    handed_from: dict[int, set[int]] = {s: set() for s in range(len(slots))}
     free: dict[tuple[Op, int], bool] = {}
     for s2, (_, entries) in enumerate(slots):
         for (op, idx) in entries:
             free[(op, idx)] = handed_over(op, idx)
             u = op.operands[idx]
             if free[(op, idx)] and u in member_slot:
-                g.add_edge(member_slot[u], s2)
+                handed_from[s2].add(member_slot[u])
     written = set(written_direct)
-    for s in written_direct:
-        written |= nx.ancestors(g, s)
+    todo = list(written_direct)
+    while todo:
+        for s in handed_from[todo.pop()] - written:
+            written.add(s)
+            todo.append(s)
     for s, (_, entries) in enumerate(slots):
         if s not in written:
             continue
@@ -337,6 +362,6 @@ def yield_copies(func: Func) -> set[tuple[Op, int]]:
     return analyze_inplace(func).yield_copies
 
 
-__all__ = ["uses", "def_use_graph", "defining_op", "call_graph", "callees_first",
+__all__ = ["uses", "def_use_graph", "defining_op", "call_graph", "calls_of", "callees_first",
            "InPlace", "analyze_inplace", "inplace_setitems", "loop_init_copies",
            "yield_copies"]

@@ -220,6 +220,20 @@ CASES = [
         def g(x: f64) -> f64:
             return f(x)
         """)),
+    ("type_recursion_cycle_of_three", DPTypeError, 5, 12, "recursion is not allowed (f -> g -> h -> f)",
+     src("""
+        def main(x: f64) -> f64:
+            return h(x) + 1.0
+
+        def f(x: f64) -> f64:
+            return g(x)
+
+        def g(x: f64) -> f64:
+            return h(x)
+
+        def h(x: f64) -> f64:
+            return f(x)
+        """)),
     ("type_duplicate_function", DPTypeError, 4, 1, "defined twice", src("""
         def f(x: f64) -> f64:
             return x

@@ -23,6 +23,7 @@ edited, corrupt) is rewritten (``os.replace``), and Numba then recompiles it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -134,6 +135,39 @@ def write_module(digest: str, text: str) -> tuple[str, bool]:
             os.replace(tmp, path)
             tmp = None
             return path, True
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def read_json(name: str):
+    """The object saved by ``write_json(name, ...)`` in the module directory, or None
+    (no file, or one whose hash does not match: a torn or edited file is rebuilt)."""
+    path = os.path.join(module_dir(), name + ".json")
+    if not check_file(path):
+        return None
+    try:
+        return json.loads(_read(path).partition("\n")[2])
+    except (AttributeError, ValueError):
+        return None
+
+
+def write_json(name: str, obj) -> None:
+    """Save ``obj`` (JSON) next to the generated modules, atomically; best effort (a
+    cache that cannot be written only costs the next process the work again)."""
+    d = module_dir()
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(file_text(json.dumps(obj)))        # (key order kept)
+        os.replace(tmp, os.path.join(d, name + ".json"))
+        tmp = None
+    except OSError:
+        pass
     finally:
         if tmp is not None:
             try:
