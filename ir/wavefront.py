@@ -31,6 +31,13 @@ A nest qualifies (``Nest``) when
 each table is read before it is written at the same offset, so a diagonal can be computed
 as gather (all reads), compute, scatter (all writes).
 
+``wraps``: some table index may be negative, which wraps around to the end of its axis
+(NumPy's rule) and is then no constant distance: ``R[i - 1, j - 1]`` at ``j = 0`` reads
+row i - 1's last entry, which rows compute before (i, 0) and diagonals after it.  Such a
+nest keeps its written order (``parallel`` is False, and backends must not reorder it);
+an index is provably non-negative when both loops start (ascending) or stop
+(descending) at a constant and ``i + a``, ``j + b`` are at least 0 there.
+
 Tapes: a reverse sweep pops what the forward sweep pushed, in the reverse order of the
 pushes.  A backend that reschedules a nest that pushes either reschedules the popping
 nest the same way backwards, or (the CPU backend) writes each push at the slot it has in
@@ -64,6 +71,7 @@ class Nest:
     parallel: bool
     pushes: set = field(default_factory=set)     # tapes pushed in the body
     pops: set = field(default_factory=set)       # tapes popped in the body
+    wraps: bool = False         # a table index may be negative: keep the written order
 
 
 _INDEX_OPS = ("add", "sub")
@@ -91,6 +99,13 @@ def _offset(v: Value, iv: Value):
     if o.name == "add" and y is iv and _const_int(x) is not None:
         return _const_int(x)
     return None
+
+
+def lowest(loop: Op, sign: int):
+    """The least value of ``loop``'s induction variable when it runs (``sign``: its
+    step), if the loop starts (ascending) or stops (descending) at a constant."""
+    c = _const_int(loop.operands[0] if sign > 0 else loop.operands[1])
+    return None if c is None else c if sign > 0 else c + 1
 
 
 def _inside(v: Value, region: Region) -> bool:
@@ -159,6 +174,8 @@ def nest_of(outer: Op) -> Nest | None:
     if y is None or len(y.operands) != len(slots):
         return None
     chain: dict = {a: k for k, a in enumerate(slots)}     # table version -> slot
+    low_i, low_j = lowest(outer, sign), lowest(inner, sign)
+    wraps = False
     accesses, pushes, pops = [], set(), set()
     written = set()
     for op in ib.ops[:-1]:
@@ -177,6 +194,8 @@ def nest_of(outer: Op) -> Nest | None:
                 a, b = _offset(idx[0], iv_i), _offset(idx[1], iv_j)
                 if a is None or b is None:
                     return None
+                if low_i is None or low_j is None or low_i + a < 0 or low_j + b < 0:
+                    wraps = True
                 if op.name == "getitem":
                     if not _scalar(op.results[0]):
                         return None
@@ -250,8 +269,8 @@ def nest_of(outer: Op) -> Nest | None:
             parallel = False
         elif a.kind != "read":
             seen_writes.add((a.table, a.offset))
-    return Nest(outer, inner, sign, list(hoisted), sorted(written), accesses, parallel,
-                pushes, pops)
+    return Nest(outer, inner, sign, list(hoisted), sorted(written), accesses,
+                parallel and not wraps, pushes, pops, wraps)
 
 
 def wavefront_nests(func: Func) -> list[Nest]:

@@ -186,6 +186,11 @@ class Gen:
             out.append(f"        {T}[i, j] = {rhs}")
         if not descending and self.r2.random() < 0.3:
             out[start:] = _from_zero(out[start:])
+        elif not descending and border == "edges" and self.r2.random() < 0.15:
+            # loops from 0 with the indices as they are: at i = 0 or j = 0 the reads wrap
+            # around to the last row or column (NumPy's negative indices)
+            out[start:] = [ln.replace("range(1, n + 1)", "range(n)")
+                           .replace("range(1, m + 1)", "range(m)") for ln in out[start:]]
         # the whole table matters, not only the corner, now and then
         if r.random() < 0.3 and border == "edges":
             result = f"{result} + 0.01 * sum({T})"
@@ -510,6 +515,39 @@ class Gen:
         self.emit(f"{v} = sum({g} * x) + 0.5 * grad({h}, wrt=1)(x, s)")
         self.terms.append(v)
 
+    def block_steps(self):
+        """A DP with step patterns that reach two rows or columns back (DTW's step
+        patterns, e.g. symmetric P1): reads at offsets -2 and -3, whose constants are used
+        only in index expressions, and (at the first columns) negative indices into D.
+        Draws from the second stream only."""
+        r = self.r2
+        T = self.name("S")
+        kind = r.choice(["min", "max"])
+        fill = "inf" if kind == "min" else "-inf"
+        sgn = "" if kind == "min" else "-"
+        moves = {"a": f"{T}[i - 1, j - 2] + {sgn}D[i - 2, j - 3]",
+                 "b": f"{T}[i - 2, j - 1] + {sgn}D[i - 3, j - 2]",
+                 "c": f"{T}[i - 2, j - 2]", "e": f"{T}[i, j - 2] + 0.5"}
+        terms = [f"{T}[i - 1, j - 1]", f"{T}[i - 1, j]", f"{T}[i, j - 1]"]
+        terms += [moves[z] for z in r.sample(sorted(moves), r.randint(1, 2))]
+        r.shuffle(terms)
+        cost = r.choice([f"D[i - 2, j - 2]", f"(x[i - 2] - y[j - 2]) ** 2",
+                         f"D[i - 2, j - 2] * s"])
+        lines = [f"{T} = full((n + 2, m + 2), {fill})",
+                 f"{T}[1, 1] = 0.0",
+                 "for i in range(2, n + 2):",
+                 "    for j in range(2, m + 2):",
+                 f"        {T}[i, j] = {sgn}{cost} + {kind}({', '.join(terms)})",
+                 f"return {T}[n + 1, m + 1]"]
+        name = self.name("steps")
+        reg = r.choice([None, "entropy", "entropy", "l2"])
+        self.kinky = self.kinky or reg is None
+        self.helpers.append(self.helper(name, lines, reg))
+        v = self.name("v")
+        g = ", 0.3 + 0.5 * s" if reg else ""
+        self.emit(f"{v} = {name}(D, x, y, s{g})")
+        self.terms.append(v)
+
     def block_branch(self):
         v = self.name("b")
         t = self.r.choice(["0.3", "0.8", "1.1"])
@@ -532,6 +570,8 @@ class Gen:
         k = self.r.choice([1, 1, 2, 3])
         for _ in range(k):
             self.r.choice(blocks)()
+        if not self.inf_mode and self.r2.random() < 0.15:
+            self.block_steps()
         if not self.terms:
             self.block_array()
         coefs = [self.r.choice(["1.0", "0.5", "0.25", "2.0"]) for _ in self.terms]

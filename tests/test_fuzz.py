@@ -10,6 +10,7 @@ whose program has it (small sizes first, so that the suite stays fast), which ke
 coverage when the generator changes.  Longer campaigns:
 ``python tests/fuzz_programs.py --seeds 0 500 [--hvp]``."""
 import os
+import re
 import sys
 
 import pytest
@@ -46,6 +47,10 @@ FEATURES = {
     "in-place updates": lambda p: "*= tanh" in p.source,
     "irregular nests": lambda p: "def irr" in p.source,
     "grad inside the program": lambda p: "= grad(hq" in p.source,
+    "indices that wrap around": lambda p: re.search(
+        r"for [ij] in range\([nm]\):\n\s+for [ij] in range\([nm]\):\n[^\n]*\[i - 1", p.source),
+    "step patterns (two back)": lambda p: "def steps" in p.source and "@smooth(entropy"
+    in p.source.split("def steps")[0].splitlines()[-1],
 }
 
 

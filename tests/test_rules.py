@@ -14,6 +14,7 @@ For every primitive that is not ``zero_derivative``, on the argument sets of ``C
 from __future__ import annotations
 
 import numpy as np
+import dplang as dp
 import pytest
 
 from dplang.backends.interp import run_func
@@ -692,6 +693,37 @@ def test_smax_gamma_derivative_is_danskin():
             np.testing.assert_allclose(gg, -np.sum(qq * np.log(qq)))
         else:
             np.testing.assert_allclose(gg, -np.sum(q * q) / 2)
+
+
+def test_second_gamma_derivative_with_a_subnormal_weight():
+    """d^2 smax / d gamma^2 = Var_q(x) / gamma^3 (entropy).  A weight below 2^-1022 (a gap
+    of 720 gamma) made it -inf: the rule's x log x divided by the weight (1 / q = inf).
+    The scalar soft max of DP cells (smaxn) takes the same rule; both routes are checked,
+    on the interpreter and the cpu backend, against the closed form and differences."""
+    src = (
+        "@smooth(entropy, gamma=g)\n"
+        "def cell(a: f64, b: f64, c: f64, g: f64) -> f64:\n"
+        "    return max(a, b, c)\n"
+        "def row(a: f64, b: f64, c: f64, g: f64) -> f64:\n"
+        "    return smax(array([a, b, c]), g, \"entropy\")\n")
+    for xs in ([0.0, -720.0, -inf], [0.0, -1.0, -740.0], [3.0, 2.5, -727.0]):
+        g = 1.0
+        x = np.array(xs)
+        fin = np.isfinite(x)
+        q = np.zeros(3)
+        q[fin] = np.exp((x[fin] - x.max()) / g)
+        q /= q.sum()
+        mean = np.sum(q[fin] * x[fin])
+        want = np.sum(q[fin] * (x[fin] - mean) ** 2) / g ** 3
+        for backend in ("interp", "cpu"):
+            mod = dp.compile(src, filename="gamma2.dp", backend=backend)
+            for fn in (mod.cell, mod.row):
+                got = float(dp.hvp(fn, wrt=3)(*xs, g, 1.0))
+                assert np.isfinite(got), (xs, backend, got)
+                assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (xs, backend, got, want)
+                d = dp.grad(fn, wrt=3)
+                fd = (d(*xs, g + 1e-6) - d(*xs, g - 1e-6)) / 2e-6
+                assert abs(got - fd) <= 1e-6 * max(1.0, abs(want))
 
 
 def test_broadcast_operands_get_summed_cotangents():

@@ -33,7 +33,7 @@ import os
 from dplang.ir import types as T
 from dplang.ir.core import Op, Region, Value
 from dplang.ir.printer import is_inlined_const
-from dplang.ir.wavefront import Nest, _offset, wavefront_nests
+from dplang.ir.wavefront import Nest, _const_int, _offset, lowest, wavefront_nests
 
 from dplang.backends.cpu import ranges
 
@@ -209,7 +209,9 @@ def _classify(n: Nest):
     iv_i, iv_j = n.outer.regions[0].args[0], ib.args[0]
     index, loads, stores, compute = [], [], [], []
     invariant = _invariant_ops(n)
-    idx_vals = {iv_i, iv_j}
+    # (an invariant's result counts as an index input: a constant used only in this body,
+    # as in `j - 3`, is defined there; the invariant ops run before the gather loop)
+    idx_vals = {iv_i, iv_j} | {r for op in invariant for r in op.results}
     for op in ib.ops[:-1]:
         if op in invariant:
             continue
@@ -449,7 +451,7 @@ class _Kernel:
             idx = op.operands[first:]
             a = _offset(idx[0], self.iv_i) if len(idx) == 2 else None
             index = op.attrs.get("index")
-            if (a is None or op not in self.proved
+            if (a is None or op not in self.proved or not self._column_kept(op)
                     or (index is not None and any(e != "i" for e in index))
                     or any(isinstance(v.type, T.Array) for v in idx)):
                 offs[name] = None
@@ -486,16 +488,34 @@ class _Kernel:
         if not PAD:
             return {}
         out = {}
+        wraps = {gen.ref(op.operands[0]) for op in self.loads + self.stores
+                 if not self._column_kept(op)}
         for op in self.loads + self.stores:
             x = op.operands[0]
             if (not (isinstance(x.type, T.Array) and x.type.ndim == 2) or gen.ref(x) in out
-                    or gen.ref(x) in skip):
+                    or gen.ref(x) in skip or gen.ref(x) in wraps):
                 continue
             name = gen.fresh(gen.ref(x) + "_w")
             gen.line(ind, f"{name} = {gen.mod.helper('rt_wave_pad')}({gen.ref(x)}, {cells})",
                      self.n.outer)
             out[gen.ref(x)] = name
         return out
+
+    def _column_kept(self, op) -> bool:
+        """Whether access ``op`` (a 2-D one) provably has a column index of at least 0,
+        which then means the same in a copy with wider rows (rt_wave_pad, rt_strip_buf):
+        a negative index wraps around to the end of the row, in the copy to its padding.
+        (Tables the nest writes never have negative indices: ir/wavefront.nest_of.)"""
+        first = 1 if op.name == "getitem" else 2
+        idx = op.operands[first:]
+        if len(idx) != 2:
+            return True
+        b = _offset(idx[1], self.iv_j)
+        low = lowest(self.n.inner, self.n.sign)
+        if b is not None:
+            return low is not None and low + b >= 0
+        c = _const_int(idx[1])
+        return c is not None and c >= 0
 
     def kernel(self, kname, gbuf, obuf, where, lo, cnt, k, d, i, j):
         """The kernel: its own function, without bounds checks (every index is a k <

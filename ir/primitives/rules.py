@@ -429,9 +429,15 @@ def finite_or_zero(x):
     return where(finite(x), x, 0)
 
 
+_TINY = 2.2250738585072014e-308        # the least normal float64
+
+
 def xlogy0(p):
-    """``p * log(p)`` with the limit 0 at ``p = 0`` (no ``0 * -inf``)."""
-    return p * log(where(p > 0, p, 1))
+    """``p * log(p)`` with the limit 0 at ``p = 0`` (no ``0 * -inf``).  Subnormal ``p``
+    count as 0 too: their term is below 2e-305 in size, and the derivative of ``log``,
+    ``dp / p``, overflows for them (``1 / p = inf``), which made second derivatives in
+    gamma of a soft max ``-inf`` as soon as one weight was subnormal."""
+    return p * log(where(p >= _TINY, p, 1))
 
 
 # ----------------------------------------------------------------------------- shapes
