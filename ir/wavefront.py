@@ -23,20 +23,25 @@ A nest qualifies (``Nest``) when
   ``setitem``/``scatter_add`` of scalars into carried 2-D arrays (the *tables*), tape
   pushes and pops of scalars, ``assert``;
 * every access to a table indexes it as ``[i + a, j + b]`` with constant ``a, b``;
-* the skewed order keeps every dependence: for two accesses of one table, at least one a
-  write, the iteration that comes first in the original order also comes first by
-  diagonals (checked on the distance vectors).
+* (for a diagonal order) the skewed order keeps every dependence: for two accesses of
+  one table, at least one a write, the iteration that comes first in the original order
+  also comes first by diagonals (checked on the distance vectors).  A nest that fails
+  this is still a ``Nest``, with ``keep_order`` set: row-order code generation (hoisted
+  index checks, two-row adjoint tables, register carries) applies to it, reordering
+  does not.  Two additions into one entry count (the same sum in another order has
+  other bits): a reverse sweep that adds into ``d_R[i, j - 2]`` and ``d_R[i - 1, j]``
+  keeps its order.
 
 ``parallel`` says more: no dependence joins two cells of one diagonal, and in the body
 each table is read before it is written at the same offset, so a diagonal can be computed
 as gather (all reads), compute, scatter (all writes).
 
-``wraps``: some table index may be negative, which wraps around to the end of its axis
-(NumPy's rule) and is then no constant distance: ``R[i - 1, j - 1]`` at ``j = 0`` reads
-row i - 1's last entry, which rows compute before (i, 0) and diagonals after it.  Such a
-nest keeps its written order (``parallel`` is False, and backends must not reorder it);
-an index is provably non-negative when both loops start (ascending) or stop
-(descending) at a constant and ``i + a``, ``j + b`` are at least 0 there.
+``keep_order`` is also set when some table index may be negative, which wraps around to
+the end of its axis (NumPy's rule) and is then no constant distance: ``R[i - 1, j - 1]``
+at ``j = 0`` reads row i - 1's last entry, which rows compute before (i, 0) and
+diagonals after it.  An index is provably non-negative when both loops start
+(ascending) or stop (descending) at a constant and ``i + a``, ``j + b`` are at least 0
+there.  ``keep_order`` implies ``parallel`` is False; backends never reorder such a nest.
 
 Tapes: a reverse sweep pops what the forward sweep pushed, in the reverse order of the
 pushes.  A backend that reschedules a nest that pushes either reschedules the popping
@@ -71,7 +76,7 @@ class Nest:
     parallel: bool
     pushes: set = field(default_factory=set)     # tapes pushed in the body
     pops: set = field(default_factory=set)       # tapes popped in the body
-    wraps: bool = False         # a table index may be negative: keep the written order
+    keep_order: bool = False    # run in the written order only (see the module's docs)
 
 
 _INDEX_OPS = ("add", "sub")
@@ -175,7 +180,7 @@ def nest_of(outer: Op) -> Nest | None:
         return None
     chain: dict = {a: k for k, a in enumerate(slots)}     # table version -> slot
     low_i, low_j = lowest(outer, sign), lowest(inner, sign)
-    wraps = False
+    keep_order = False
     accesses, pushes, pops = [], set(), set()
     written = set()
     for op in ib.ops[:-1]:
@@ -195,7 +200,7 @@ def nest_of(outer: Op) -> Nest | None:
                 if a is None or b is None:
                     return None
                 if low_i is None or low_j is None or low_i + a < 0 or low_j + b < 0:
-                    wraps = True
+                    keep_order = True       # (an index that may wrap around)
                 if op.name == "getitem":
                     if not _scalar(op.results[0]):
                         return None
@@ -259,7 +264,7 @@ def nest_of(outer: Op) -> Nest | None:
             if d == (0, 0):
                 continue
             if _lex(d) != _lex((d[0] + d[1], d[0])):
-                return None
+                keep_order = True
             if d[0] + d[1] == 0:
                 parallel = False
     # gather-compute-scatter: no read after a write at the same offset of its table
@@ -270,7 +275,7 @@ def nest_of(outer: Op) -> Nest | None:
         elif a.kind != "read":
             seen_writes.add((a.table, a.offset))
     return Nest(outer, inner, sign, list(hoisted), sorted(written), accesses,
-                parallel and not wraps, pushes, pops, wraps)
+                parallel and not keep_order, pushes, pops, keep_order)
 
 
 def wavefront_nests(func: Func) -> list[Nest]:

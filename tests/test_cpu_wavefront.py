@@ -96,17 +96,19 @@ def test_analysis_accepts_dp_nests_and_rejects_what_it_must(mods):
     offsets = sorted({a.offset for a in n.accesses if a.kind == "read"})
     assert (0, -2) in offsets and (-1, -1) in offsets
     (a,) = _nests(cpu, "ahead")
-    assert not a.parallel              # (i - 1, j + 1) lies on the same diagonal
-    assert _nests(cpu, "too_far") == []
+    assert not a.parallel and not a.keep_order  # (i - 1, j + 1): on the same diagonal
+    # diagonals would read (i - 1, j + 2) before it is written: rows only
+    (t,) = _nests(cpu, "too_far")
+    assert t.keep_order and not t.parallel
     assert _nests(cpu, "running") == []
 
 
 def test_indices_that_wrap_around_keep_the_written_order(mods):
     cpu, interp = mods
     (n,) = _nests(cpu, "wrap_around")
-    assert n.wraps and not n.parallel
+    assert n.keep_order and not n.parallel
     (s,) = _nests(cpu, "step_pattern")        # (negative indices into D only)
-    assert not s.wraps and s.parallel
+    assert not s.keep_order and s.parallel
     assert "# wavefront" not in cpu.wrap_around.source()
     for shape in [(3, 5), (17, 9), (70, 40)]:
         D = rng.random(shape)
@@ -115,6 +117,26 @@ def test_indices_that_wrap_around_keep_the_written_order(mods):
         gw = dp.grad(interp.wrap_around)(D, 0.4)
         gc = dp.grad(cpu.wrap_around)(D, 0.4)
         np.testing.assert_allclose(gc, gw, rtol=1e-11, atol=1e-14)
+
+
+def test_a_reverse_sweep_that_must_keep_its_order_gets_the_row_order_code(mods):
+    """two_tables' reverse sweep adds into d_R[i, j - 2] and d_R[i - 1, j], which
+    diagonals would add in another order (other bits): a keep_order nest, which still
+    gets the hoisted index test and the two-row adjoint table, and reads the forward's
+    weights at their wavefront slots (no copy into row order), in row order."""
+    cpu, interp = mods
+    vg = dp.value_and_grad(cpu.two_tables)
+    D = rng.random((70, 40)) * 2.0
+    v, g = vg(D, 0.6)
+    prog = vg.program
+    back = [n for f in prog.funcs.values() for n in wavefront_nests(f) if n.sign == -1]
+    assert len(back) == 1 and back[0].keep_order and back[0].pops
+    src = vg.source()
+    assert "index checks hoisted" in src and "rt_wave_rank" in src and "skewed rows" not in src
+    assert "d_R keeps two rows" in src
+    vi, gi = dp.value_and_grad(interp.two_tables)(D, 0.6)
+    assert abs(v - vi) <= 1e-12 * abs(vi)
+    np.testing.assert_allclose(g, gi, rtol=1e-11, atol=1e-14)
 
 
 def test_reverse_sweep_is_recognised_as_a_descending_nest(mods):

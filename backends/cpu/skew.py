@@ -65,7 +65,7 @@ def plan(gen) -> dict:
         return {}
     out = {}
     for outer, n in gen.rows.items():
-        if n.sign != -1 or n.pushes or not n.pops or n.wraps:
+        if n.sign != -1 or n.pushes or not n.pops or n.keep_order:
             continue
         if not all(t in gen.wave_tapes and gen.wave_tapes[t].outer is outer for t in n.pops):
             continue
