@@ -539,6 +539,19 @@ class Gen:
                  "    for j in range(2, m + 2):",
                  f"        {T}[i, j] = {sgn}{cost} + {kind}({', '.join(terms)})",
                  f"return {T}[n + 1, m + 1]"]
+        if r.random() < 0.3:            # the same backwards: from (n - 1, m - 1) to (0, 0)
+            back = {f"{T}[i - 1, j - 1]": f"{T}[i + 1, j + 1]", f"{T}[i - 1, j]": f"{T}[i + 1, j]",
+                    f"{T}[i, j - 1]": f"{T}[i, j + 1]",
+                    moves["a"]: f"{T}[i + 1, j + 2] + {sgn}0.5 * D[i, j]",
+                    moves["b"]: f"{T}[i + 2, j + 1] + {sgn}0.25 * D[i, j]",
+                    moves["c"]: f"{T}[i + 2, j + 2]", moves["e"]: f"{T}[i, j + 2] + 0.5"}
+            cost = cost.replace("i - 2", "i").replace("j - 2", "j")
+            lines = [f"{T} = full((n + 2, m + 2), {fill})",
+                     f"{T}[n, m] = 0.0",
+                     "for i in range(n - 1, -1, -1):",
+                     "    for j in range(m - 1, -1, -1):",
+                     f"        {T}[i, j] = {sgn}{cost} + {kind}({', '.join(back[t] for t in terms)})",
+                     f"return {T}[0, 0]"]
         name = self.name("steps")
         reg = r.choice([None, "entropy", "entropy", "l2"])
         self.kinky = self.kinky or reg is None
