@@ -193,6 +193,15 @@ class Gen:
             # around to the last row or column (NumPy's negative indices)
             out[start:] = [ln.replace("range(1, n + 1)", "range(n)")
                            .replace("range(1, m + 1)", "range(m)") for ln in out[start:]]
+        if self.r2.random() < 0.15:
+            # the table stored transposed (T[j, i]): row-order loops then walk its
+            # columns, which passes/interchange.py may turn around
+            swap = re.compile(rf"\b{T}\[([^,\]]+), ([^\]]+)\]")
+            for k in range(len(out)):
+                if out[k].startswith(f"{T} = "):
+                    out[k] = out[k].replace("(n + 1, m + 1)", "(m + 1, n + 1)")
+                out[k] = swap.sub(rf"{T}[\2, \1]", out[k])
+            result = swap.sub(rf"{T}[\2, \1]", result)
         # the whole table matters, not only the corner, now and then
         if r.random() < 0.3 and border == "edges":
             result = f"{result} + 0.01 * sum({T})"

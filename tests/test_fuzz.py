@@ -49,6 +49,8 @@ FEATURES = {
     "grad inside the program": lambda p: "= grad(hq" in p.source,
     "indices that wrap around": lambda p: re.search(
         r"for [ij] in range\([nm]\):\n\s+for [ij] in range\([nm]\):\n[^\n]*\[i - 1", p.source),
+    "table stored transposed": lambda p: re.search(r"T\d* = (full|zeros)\(\(m \+ 1, n \+ 1\)",
+                                                   p.source),
     "step patterns (two back)": lambda p: "def steps" in p.source and "@smooth(entropy"
     in p.source.split("def steps")[0].splitlines()[-1],
 }
