@@ -41,7 +41,8 @@ the end of its axis (NumPy's rule) and is then no constant distance: ``R[i - 1, 
 at ``j = 0`` reads row i - 1's last entry, which rows compute before (i, 0) and
 diagonals after it.  An index is provably non-negative when both loops start
 (ascending) or stop (descending) at a constant and ``i + a``, ``j + b`` are at least 0
-there.  ``keep_order`` implies ``parallel`` is False; backends never reorder such a nest.
+there (``wraps`` says which case it is).  ``keep_order`` implies ``parallel`` is False;
+backends never reorder such a nest.
 
 Tapes: a reverse sweep pops what the forward sweep pushed, in the reverse order of the
 pushes.  A backend that reschedules a nest that pushes either reschedules the popping
@@ -77,6 +78,7 @@ class Nest:
     pushes: set = field(default_factory=set)     # tapes pushed in the body
     pops: set = field(default_factory=set)       # tapes popped in the body
     keep_order: bool = False    # run in the written order only (see the module's docs)
+    wraps: bool = False         # some table index may be negative (implies keep_order)
 
 
 _INDEX_OPS = ("add", "sub")
@@ -180,7 +182,7 @@ def nest_of(outer: Op) -> Nest | None:
         return None
     chain: dict = {a: k for k, a in enumerate(slots)}     # table version -> slot
     low_i, low_j = lowest(outer, sign), lowest(inner, sign)
-    keep_order = False
+    keep_order = wraps = False
     accesses, pushes, pops = [], set(), set()
     written = set()
     for op in ib.ops[:-1]:
@@ -200,7 +202,7 @@ def nest_of(outer: Op) -> Nest | None:
                 if a is None or b is None:
                     return None
                 if low_i is None or low_j is None or low_i + a < 0 or low_j + b < 0:
-                    keep_order = True       # (an index that may wrap around)
+                    wraps = keep_order = True       # (an index that may wrap around)
                 if op.name == "getitem":
                     if not _scalar(op.results[0]):
                         return None
@@ -275,7 +277,7 @@ def nest_of(outer: Op) -> Nest | None:
         elif a.kind != "read":
             seen_writes.add((a.table, a.offset))
     return Nest(outer, inner, sign, list(hoisted), sorted(written), accesses,
-                parallel and not keep_order, pushes, pops, keep_order)
+                parallel and not keep_order, pushes, pops, keep_order, wraps)
 
 
 def wavefront_nests(func: Func) -> list[Nest]:

@@ -21,7 +21,8 @@ same order: the same bits.
 A table gets a window (``plan``) when, in a descending row-order nest (``gen.rows``):
 
 * every access of the nest to it is at row ``i`` or ``i - 1`` (``ir/wavefront.py``'s
-  ``Access`` offsets), and the nest's writes are in place;
+  ``Access`` offsets), and the nest's writes are in place; no table index of the nest
+  may be negative (``Nest.wraps``: row -1 would be the table's last row);
 * the table the nest starts from is ``zeros_like(x)`` or ``zeros(a, b)`` followed by
   in-place writes of scalars (the seeds), each value used once, by the next;
 * each seed's row is provably the sweep's first row ``i0`` or ``i0 - 1`` (``_affine``:
@@ -62,7 +63,9 @@ def plan(gen) -> dict:
     finds the nest's outer loop through ``Window.nest``)."""
     out: dict = {}
     for n in gen.rows.values():
-        if n.sign != -1:
+        # (a row that may be negative wraps around to the table's last row, which two
+        # rows do not hold: the hoisted test would refuse every call)
+        if n.sign != -1 or n.wraps:
             continue
         for k in sorted(set(n.tables)):
             w = _window(gen, n, k)
