@@ -81,6 +81,8 @@ def _swap(outer: Op, inner: Op) -> None:
     ob.args[0], ib.args[0] = i, j
     i.owner, j.owner = ob, ib
     outer.loc, inner.loc = inner.loc, outer.loc
+    yo, yi = ob.terminator, ib.terminator
+    yo.loc, yi.loc = yi.loc, yo.loc
 
 
 def interchangeable(outer: Op) -> bool:
