@@ -1,4 +1,20 @@
-"""Loop interchange: a 2-D table filled column by column is filled row by row.
+"""Perfect, row-by-row DP nests: hoisted row values sunk, and loop interchange.
+
+Sinking first.  A row's value computed before the inner loop, as programs hoist it,
+
+    for i in range(1, n + 1):
+        xi = x[i - 1]
+        for j in range(1, m + 1):
+            R[i, j] = (xi - y[j - 1]) ** 2 + min(...)
+
+makes the nest imperfect, and imperfect nests get no schedule (ir/wavefront.py): 10.8
+against 2.8 ms for a 512 x 512 soft-DTW.  Scalar ops of the outer body that depend on
+the outer loop's variable move to the start of the inner body (they are recomputed per
+cell: the same values) when they have no effect, read no array the loops carry (that
+read must see the table before the row), and only the inner body uses them.  The move
+is kept only where the nest then qualifies (``nest_of``) or is interchanged.
+
+Then interchange: a 2-D table filled column by column is filled row by row.
 
 A recursion written with the column loop outside,
 
@@ -38,7 +54,7 @@ import os
 
 from dplang.ir import types as T
 from dplang.ir.core import EFFECTS, Func, Op, Program
-from dplang.ir.wavefront import _inside, _lex, _offset, _step, lowest
+from dplang.ir.wavefront import _inside, _lex, _offset, _step, lowest, nest_of
 from dplang.passes.simplify import rewrite_funcs
 
 
@@ -57,10 +73,64 @@ def run(program: Program) -> Program:
 def _rewrite(func: Func) -> bool:
     changed = False
     for op in list(func.body.walk()):
-        if op.name == "for" and interchangeable(op):
+        if op.name != "for":
+            continue
+        sunk = _sink(op)
+        if interchangeable(op):
             _swap(op, op.regions[0].ops[-2])
             changed = True
+        elif sunk:
+            if nest_of(op) is None:
+                _unsink(op, sunk)           # (no schedule gained: keep the row's values)
+            else:
+                changed = True
     return changed
+
+
+def _sink(outer: Op) -> list:
+    """Move the outer body's scalar ops that depend on the outer loop's variable (a row's
+    value the program hoisted, ``xi = x[i - 1]``) to the start of the inner body, so that
+    the nest is perfect; returns them ([] when there are none or they cannot move: an
+    effect, a read of an array the nest carries, a use outside the inner body)."""
+    ob = outer.regions[0]
+    ops = ob.ops
+    if len(ops) < 3 or ops[-1].name != "yield" or ops[-2].name != "for":
+        return []
+    inner = ops[-2]
+    carried = set(ob.args[1:])
+    dep = {ob.args[0]}
+    moving = []
+    for op in ops[:-2]:
+        if not any(v in dep for v in op.operands):
+            continue
+        if (op.regions or op.name in EFFECTS or op.name in ("call", "while", "if", "for")
+                or not all(isinstance(r.type, T.Scalar) for r in op.results)
+                or any(v in carried for v in op.operands)):
+            return []
+        moving.append(op)
+        dep.update(op.results)
+    if not moving:
+        return []
+    made = {r for op in moving for r in op.results}
+    staying = [op for op in ops[:-2] if op not in moving]
+    if any(v in made for op in staying + [ops[-1]] for v in op.operands) or \
+            any(v in made for v in inner.operands):
+        return []
+    ib = inner.regions[0]
+    for op in moving:
+        ob.ops.remove(op)
+        op.parent = ib
+    ib.ops[0:0] = moving
+    return moving
+
+
+def _unsink(outer: Op, moved: list) -> None:
+    ob = outer.regions[0]
+    ib = ob.ops[-2].regions[0]
+    for op in moved:
+        ib.ops.remove(op)
+        op.parent = ob
+    ob.ops[-2:-2] = moved
 
 
 def _swap(outer: Op, inner: Op) -> None:

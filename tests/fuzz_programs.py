@@ -193,6 +193,13 @@ class Gen:
             # around to the last row or column (NumPy's negative indices)
             out[start:] = [ln.replace("range(1, n + 1)", "range(n)")
                            .replace("range(1, m + 1)", "range(m)") for ln in out[start:]]
+        if (loops[0][0] == "i" and not descending and "x[i - 1]" in out[-1]
+                and self.r2.random() < 0.4):
+            # the row's value hoisted out of the inner loop, as programs do (the pass
+            # moves it back: passes/interchange.py)
+            k = next(k for k in range(start, len(out)) if out[k].startswith("for i"))
+            out.insert(k + 1, f"    x{T} = x[i - 1]")
+            out[-1] = out[-1].replace("x[i - 1]", f"x{T}")
         if self.r2.random() < 0.15:
             # the table stored transposed (T[j, i]): row-order loops then walk its
             # columns, which passes/interchange.py may turn around

@@ -51,6 +51,7 @@ FEATURES = {
         r"for [ij] in range\([nm]\):\n\s+for [ij] in range\([nm]\):\n[^\n]*\[i - 1", p.source),
     "table stored transposed": lambda p: re.search(r"T\d* = (full|zeros)\(\(m \+ 1, n \+ 1\)",
                                                    p.source),
+    "a row's value hoisted": lambda p: re.search(r"\n\s+xT\d* = x\[i - 1\]\n", p.source),
     "step patterns (two back)": lambda p: "def steps" in p.source and "@smooth(entropy"
     in p.source.split("def steps")[0].splitlines()[-1],
 }
