@@ -12,7 +12,10 @@ against 2.8 ms for a 512 x 512 soft-DTW.  Scalar ops of the outer body that depe
 the outer loop's variable move to the start of the inner body (they are recomputed per
 cell: the same values) when they have no effect, read no array the loops carry (that
 read must see the table before the row), and only the inner body uses them.  The move
-is kept only where the nest then qualifies (``nest_of``) or is interchanged.
+is kept only where the nest then qualifies (``nest_of``) or is interchanged.  Moved ops
+carry ``_per_row``: code that runs the nest row by row computes them once a row, at
+the start of the inner loop as the program did (backends/cpu/codegen.py), and only a
+schedule that needs them per cell (a wavefront kernel's lanes) recomputes them.
 
 Then interchange: a 2-D table filled column by column is filled row by row.
 
@@ -120,6 +123,7 @@ def _sink(outer: Op) -> list:
     for op in moving:
         ob.ops.remove(op)
         op.parent = ib
+        op.attrs["_per_row"] = True
     ib.ops[0:0] = moving
     return moving
 
@@ -130,6 +134,7 @@ def _unsink(outer: Op, moved: list) -> None:
     for op in moved:
         ib.ops.remove(op)
         op.parent = ob
+        del op.attrs["_per_row"]
     ob.ops[-2:-2] = moved
 
 

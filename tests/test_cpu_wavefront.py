@@ -67,6 +67,15 @@ def wrap_around(D: f64[n, m], gamma: f64) -> f64:
             R[i, j] = D[i, j] + min(0.5 * R[i - 1, j - 1], 0.5 * R[i - 1, j], 0.25 * R[i, j - 1])
     return sum(R)
 
+# hard DTW between two series: squared differences are multiplications, no kernel
+def sq_dtw(x: f64[n], y: f64[m]) -> f64:
+    R = full((n + 1, m + 1), inf)
+    R[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            R[i, j] = (x[i - 1] - y[j - 1]) ** 2 + min(R[i - 1, j - 1], R[i - 1, j], R[i, j - 1])
+    return R[n, m]
+
 # a scalar carried through the nest (a running sum): not a table, left alone
 def running(D: f64[n, m]) -> f64:
     s = 0.0
@@ -155,7 +164,7 @@ def test_reverse_sweep_is_recognised_as_a_descending_nest(mods):
 
 
 @pytest.mark.parametrize("name,kernel", [("soft_dtw", True), ("two_tables", True),
-                                         ("step_pattern", True),
+                                         ("step_pattern", True), ("sq_dtw", False),
                                          ("dtw", False), ("ahead", False),
                                          ("too_far", False), ("running", False)])
 def test_kernels_are_generated_where_they_pay(mods, name, kernel):

@@ -1083,6 +1083,13 @@ class FuncGen:
         for name, c in carry:
             self.line(ind, f"{name} = -0.0", c.add)
         body = op.regions[0]
+        # a row's values that passes/interchange.py moved into this (inner) loop: once a
+        # row, before the loop, where the program computed them
+        for h in body.ops:
+            if not h.attrs.get("_per_row"):
+                break
+            self.op(h, ind)
+            self.early.add(h)
         lo, hi, step = (self.ref(v) for v in op.operands[:3])
         iv = self.ref(body.args[0])
         slots = [self.ref(a) for a in body.args[1:]]

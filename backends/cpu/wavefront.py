@@ -36,6 +36,7 @@ from dplang.ir.printer import is_inlined_const
 from dplang.ir.wavefront import Nest, _const_int, _offset, lowest, wavefront_nests
 
 from dplang.backends.cpu import ranges
+from dplang.backends.cpu.fusion import _is_two
 
 # ops whose latency makes the row order slow (libm calls, the soft operators)
 _EXPENSIVE = {"exp", "log", "expm1", "log1p", "tanh", "sigmoid", "softplus", "smaxn",
@@ -135,6 +136,8 @@ def _kernel_ok(gen, n: Nest) -> bool:
         elif op.name in _EXPENSIVE:
             if op.name in ("smaxn", "sminn") and op.attrs.get("reg", "entropy") != "entropy":
                 continue
+            if op.name == "pow" and _is_two(op.operands[1]):
+                continue            # (x ** 2 is x * x: DTW's squared distances stay in rows)
             expensive = True
     return expensive
 
