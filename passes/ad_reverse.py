@@ -48,6 +48,7 @@ which recomputes the callee's forward sweep.
 from __future__ import annotations
 
 from dplang.errors import DPInternalError
+from dplang.passes.ad_forward import refuse_implicit
 from dplang.ir import types as T
 from dplang.ir.analysis import uses
 from dplang.ir.builder import Builder
@@ -918,6 +919,7 @@ class ReverseAD:
             if not is_float(func.params[k].type):
                 raise DPInternalError(f"reverse AD of '{func.name}' w.r.t. non-float "
                                       f"parameter {k}")
+        refuse_implicit(func)
         name = name or f"{mode}_{func.name}_" + "_".join(map(str, active))
         func = inline_calls(func, self.program)
         self.varied = varied_values(func, active)
@@ -1046,7 +1048,9 @@ def inline_calls(func: Func, program: Program, limit: int = 2000) -> Func:
                 continue
             key = program.exports.get(op.attrs["callee"], op.attrs["callee"])
             callee = program.funcs.get(key)
-            if callee is None or sum(1 for _ in func.walk()) + sum(
+            # (a function with @argmin/@root/@fixed_point is not inlined: its derivative
+            # is not its body's, and its VJP refuses, ad_forward.refuse_implicit)
+            if callee is None or "implicit" in callee.attrs or sum(1 for _ in func.walk()) + sum(
                     1 for _ in callee.walk()) > limit:
                 continue
             body = clone_func(callee).body
