@@ -146,34 +146,45 @@ def _scalar(v: Value) -> bool:
     return isinstance(v.type, T.Scalar)
 
 
-def nest_of(outer: Op) -> Nest | None:
-    """The wavefront description of ``outer`` (a ``for``), or None when it does not
-    qualify (see the module's docstring)."""
+def perfect_nest(outer: Op):
+    """``(inner for, step sign)`` when ``outer`` (a ``for``) heads a perfect 2-D nest: its
+    body is scalar ops that use neither its variable nor its carried values (hoisted,
+    computed once), the inner ``for`` and a ``yield`` of the inner loop's results; the
+    inner loop's bounds come from before the nest or the hoisted ops, it carries exactly
+    the outer loop's values, and both loops step by 1, or both by -1.  Else None."""
     if outer.name != "for" or not outer.regions:
         return None
     ob = outer.regions[0]
     ops = ob.ops
-    if not ops or ops[-1].name != "yield":
+    if len(ops) < 2 or ops[-1].name != "yield" or ops[-2].name != "for":
         return None
-    inner = ops[-2] if len(ops) >= 2 else None
-    if inner is None or inner.name != "for":
-        return None
+    inner = ops[-2]
     sign = _step(outer)
-    if sign is None or _step(inner) != sign:
+    if sign is None or _step(inner) != sign or not inner.regions:
         return None
     hoisted = ops[:-2]
     for h in hoisted:
         if (h.regions or h.name in EFFECTS or h.name in ("call", "while", "if", "for")
                 or not all(_scalar(r) for r in h.results)
-                or any(v is ob.args[0] or (v in ob.args) for v in h.operands)):
+                or any(v in ob.args for v in h.operands)):
             return None
     if any(_inside(v, ob) and v.owner not in hoisted for v in inner.operands[:3]):
         return None
-    carried_outer = list(ob.args[1:])
-    if list(inner.operands[3:]) != carried_outer:
+    if list(inner.operands[3:]) != list(ob.args[1:]) or \
+            list(ops[-1].operands) != list(inner.results):
         return None
-    if list(ops[-1].operands) != list(inner.results):
+    return inner, sign
+
+
+def nest_of(outer: Op) -> Nest | None:
+    """The wavefront description of ``outer`` (a ``for``), or None when it does not
+    qualify (see the module's docstring)."""
+    got = perfect_nest(outer)
+    if got is None:
         return None
+    inner, sign = got
+    ob = outer.regions[0]
+    hoisted = ob.ops[:-2]
     ib = inner.regions[0]
     iv_i, iv_j = ob.args[0], ib.args[0]
     slots = list(ib.args[1:])

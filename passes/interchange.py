@@ -57,7 +57,7 @@ import os
 
 from dplang.ir import types as T
 from dplang.ir.core import EFFECTS, Func, Op, Program
-from dplang.ir.wavefront import _inside, _lex, _offset, _step, lowest, nest_of
+from dplang.ir.wavefront import _lex, _offset, lowest, nest_of, perfect_nest
 from dplang.passes.simplify import rewrite_funcs
 
 
@@ -163,27 +163,11 @@ def _swap(outer: Op, inner: Op) -> None:
 def interchangeable(outer: Op) -> bool:
     """Whether ``outer`` (a ``for``) heads a nest that fills its tables column by column
     and may run row by row instead (the module's conditions)."""
-    if outer.name != "for" or not outer.regions:
+    got = perfect_nest(outer)
+    if got is None:
         return False
+    inner, sign = got
     ob = outer.regions[0]
-    ops = ob.ops
-    if len(ops) < 2 or ops[-1].name != "yield" or ops[-2].name != "for":
-        return False
-    inner = ops[-2]
-    sign = _step(outer)
-    if sign is None or _step(inner) != sign or not inner.regions:
-        return False
-    for h in ops[:-2]:
-        if (h.regions or h.name in EFFECTS or h.name in ("call", "while", "if", "for")
-                or not all(isinstance(r.type, T.Scalar) for r in h.results)
-                or any(v in ob.args for v in h.operands)):
-            return False
-    hoisted = set(ops[:-2])
-    if any(_inside(v, ob) and v.owner not in hoisted for v in inner.operands[:3]):
-        return False
-    if list(inner.operands[3:]) != list(ob.args[1:]) or \
-            list(ops[-1].operands) != list(inner.results):
-        return False
     ib = inner.regions[0]
     iv_j, iv_i = ob.args[0], ib.args[0]
     slots = list(ib.args[1:])

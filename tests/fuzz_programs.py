@@ -291,11 +291,12 @@ class Gen:
             self.kinky = True
         self.terms.append(v)
 
-    def helper_term(self, base, lines):
-        """Helper ``lines`` (hard or smoothed at random, named from ``base``), its call
-        on (D, x, y, s) and the call's result as a term of f."""
+    def helper_term(self, base, lines, rng=None, regs=(None, "entropy", "l2")):
+        """Helper ``lines`` (hard or smoothed with one of ``regs``, drawn from ``rng``,
+        else the first stream; named from ``base``), its call on (D, x, y, s) and the
+        call's result as a term of f."""
         name = self.name(base)
-        reg = self.r.choice([None, "entropy", "l2"])
+        reg = (rng or self.r).choice(list(regs))
         self.kinky = self.kinky or reg is None
         self.helpers.append(self.helper(name, lines, reg))
         v = self.name("v")
@@ -570,14 +571,7 @@ class Gen:
                      "    for j in range(m - 1, -1, -1):",
                      f"        {T}[i, j] = {sgn}{cost} + {kind}({', '.join(back[t] for t in terms)})",
                      f"return {T}[0, 0]"]
-        name = self.name("steps")
-        reg = r.choice([None, "entropy", "entropy", "l2"])
-        self.kinky = self.kinky or reg is None
-        self.helpers.append(self.helper(name, lines, reg))
-        v = self.name("v")
-        g = ", 0.3 + 0.5 * s" if reg else ""
-        self.emit(f"{v} = {name}(D, x, y, s{g})")
-        self.terms.append(v)
+        self.helper_term("steps", lines, rng=r, regs=(None, "entropy", "entropy", "l2"))
 
     def block_branch(self):
         v = self.name("b")

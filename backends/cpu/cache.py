@@ -136,11 +136,16 @@ def write_module(digest: str, text: str) -> tuple[str, bool]:
             tmp = None
             return path, True
     finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        _discard(tmp)
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove a temporary file that did not become a cache entry (None: nothing)."""
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def read_json(name: str):
@@ -169,11 +174,7 @@ def write_json(name: str, obj) -> None:
     except OSError:
         pass
     finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        _discard(tmp)
 
 
 def _read(path: str) -> str | None:
