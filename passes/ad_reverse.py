@@ -711,7 +711,10 @@ class Ctx:
     def reverse_if(self, op: Op) -> None:
         ad, b = self.ad, self.b
         k_adj = [k for k, r in enumerate(op.results) if self.adj.get(r) is not None]
-        k_img = [k for k, r in enumerate(op.results) if r in self.images]
+        # (an image continues through the branches when Tracking traced the if: both
+        # branches update one version; else reads before the if do without it)
+        k_img = [k for k, r in enumerate(op.results)
+                 if r in self.images and (op, k) in ad.track.if_start]
         if not k_adj and not k_img and not ad.pushes_adjoints(op):
             return
         cond = self.primal(op.operands[0])

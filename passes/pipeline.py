@@ -6,10 +6,13 @@
     ssa        after checking and lowering into structured SSA (dsl/lower.py)
     smoothed   after the smoothing pass (passes/smooth.py: @smooth, dp.smooth)
     ad         after transpose sinking (passes/layout.py: reductions of a transposed
-               matrix reduce the matrix), loop interchange (passes/interchange.py:
-               tables filled column by column are filled row by row) and
-               forward/reverse differentiation (passes/ad_forward, ad_reverse)
-    optimized  after simplification (passes/simplify.py: DCE, CSE, folding)
+               matrix reduce the matrix), index-set splitting (passes/peel.py: loops
+               that test for their first iteration lose the test), loop interchange
+               (passes/interchange.py: tables filled column by column are filled row
+               by row) and forward/reverse differentiation (passes/ad_forward,
+               ad_reverse)
+    optimized  after simplification (passes/simplify.py: DCE, CSE, folding, arrays
+               that are only written)
 
 Each pass is a function ``program -> program`` that does not modify its input.  A pass
 that has nothing to do on a program returns it unchanged.
@@ -34,8 +37,8 @@ def _smooth(program: Program) -> Program:
 
 
 def _ad(program: Program) -> Program:
-    from dplang.passes import ad, interchange, layout
-    return ad.run(interchange.run(layout.run(program)))
+    from dplang.passes import ad, interchange, layout, peel
+    return ad.run(interchange.run(peel.run(layout.run(program))))
 
 
 def _simplify(program: Program) -> Program:

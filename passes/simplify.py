@@ -61,6 +61,7 @@ class Simplifier:
             self.changed = False
             self.fold_region(self.func.body, {})
             self.dce_region(self.func.body)
+            self.drop_write_only()
             if not self.changed:
                 break
         return self.func
@@ -189,6 +190,108 @@ class Simplifier:
                 self.dce_region(sub)
         keep.reverse()
         reg.ops = keep
+
+
+    # ------------------------------------------------ write-only array chains
+    def drop_write_only(self) -> None:
+        """Remove the arrays that are only ever written: loop-carried arrays and ``if``
+        results whose versions are never read, only updated (``setitem``,
+        ``scatter_add``) and passed on (loop-carried, yielded).  Reverse mode makes
+        them: a loop's reverse carries an *image* of its table (ad_reverse.py) and
+        undoes its writes even when its derivative reads no entry (``R[i, 0] = R[i -
+        1, 0] + D[i, 0]``); the image then starts from the forward sweep's table, which
+        must stay alive, and the code generator copied the table before every later
+        loop that writes it (and a copied table's nest lost its wavefront schedule).
+        The slots go; the ordinary dead-code pass then removes the writes."""
+        arrays, pred, real = self._array_flow()
+        live = set()
+        work = [v for v in arrays if v in real]
+        while work:
+            v = work.pop()
+            if v in live:
+                continue
+            live.add(v)
+            work.extend(pred.get(v, ()))
+        dead = arrays - live
+        if not dead:
+            return
+        for op in list(self.func.walk()):
+            if op.name == "for" or op.name == "while":
+                nb = 3 if op.name == "for" else 0
+                body = op.regions[-1]
+                off = 1 if op.name == "for" else 0
+                drop = [k for k, r in enumerate(op.results)
+                        if r in dead and body.args[k + off] in dead
+                        and (op.name == "for" or op.regions[0].args[k] in dead)]
+                if not drop:
+                    continue
+                keep = [k for k in range(len(op.results)) if k not in drop]
+                op.operands = op.operands[:nb] + [op.operands[nb + k] for k in keep]
+                op.results = [op.results[k] for k in keep]
+                body.args = body.args[:off] + [body.args[k + off] for k in keep]
+                y = body.terminator
+                y.operands = [y.operands[k] for k in keep]
+                if op.name == "while":
+                    op.regions[0].args = [op.regions[0].args[k] for k in keep]
+                self.changed = True
+            elif op.name == "if":
+                drop = [k for k, r in enumerate(op.results) if r in dead]
+                if not drop:
+                    continue
+                keep = [k for k in range(len(op.results)) if k not in drop]
+                op.results = [op.results[k] for k in keep]
+                for reg in op.regions:
+                    y = reg.terminator
+                    y.operands = [y.operands[k] for k in keep]
+                self.changed = True
+
+    def _array_flow(self):
+        """The array values of the function, ``pred`` (value -> the values that flow
+        into it unchanged or updated: a ``setitem``'s array operand into its result, a
+        loop's initial value and yielded value into its carried argument and result, a
+        branch's yielded value into the ``if``'s result) and the values with a use that
+        is none of these (a read, a call, a return...)."""
+        arrays, pred, real = set(), {}, set()
+
+        def flow(a, b):
+            pred.setdefault(b, []).append(a)
+
+        for op in self.func.walk():
+            for v in op.results:
+                if isinstance(v.type, T.Array):
+                    arrays.add(v)
+            for reg in op.regions:
+                arrays.update(a for a in reg.args if isinstance(a.type, T.Array))
+            parent = op.parent.parent if op.parent is not None else None
+            for k, v in enumerate(op.operands):
+                if not isinstance(v.type, T.Array):
+                    continue
+                if op.name in ("setitem", "scatter_add") and k == 0:
+                    flow(v, op.results[0])
+                elif op.name == "for" and k >= 3:
+                    flow(v, op.regions[0].args[k - 2])
+                    flow(v, op.results[k - 3])
+                elif op.name == "while":
+                    flow(v, op.regions[0].args[k])
+                    flow(v, op.regions[1].args[k])
+                    flow(v, op.results[k])
+                elif op.name == "yield" and isinstance(parent, Op) and (
+                        parent.name == "if" or parent.name == "for"
+                        or (parent.name == "while" and op.parent is parent.regions[1])):
+                    if parent.name == "if":
+                        flow(v, parent.results[k])
+                    elif parent.name == "for":
+                        flow(v, parent.regions[0].args[k + 1])
+                        flow(v, parent.results[k])
+                    else:
+                        flow(v, parent.regions[0].args[k])
+                        flow(v, parent.regions[1].args[k])
+                        flow(v, parent.results[k])
+                else:
+                    real.add(v)
+        arrays.difference_update(self.func.body.args)
+        real.update(self.func.body.args)
+        return arrays, pred, real
 
 
 def simplify_func(func: Func) -> Func:

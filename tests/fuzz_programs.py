@@ -573,6 +573,68 @@ class Gen:
                      f"return {T}[0, 0]"]
         self.helper_term("steps", lines, rng=r, regs=(None, "entropy", "entropy", "l2"))
 
+    def block_borders(self, r):
+        """A DP written the textbook way: loops from 0 and branches on the indices for
+        the first row and column (passes/peel.py takes the branches out), row or column
+        order, forwards or from the last cell backwards."""
+        kind = r.choice(["min", "max", "sum"])
+        fill = {"min": "inf", "max": "-inf", "sum": "0.0"}[kind]
+        back = r.random() < 0.3
+        T = self.name("B")
+        c = r.choice(["D[i, j]", "(x[i] - y[j]) ** 2", "D[i, j] * s",
+                      f"{self.scalar_fn('D[i, j] + x[i]')} + 1.0"])
+        if back:
+            e, o, first_i, first_j = "+", "n - 1", "i == n - 1", "j == m - 1"
+            loops = ["for i in range(n - 1, -1, -1):", "for j in range(m - 1, -1, -1):"]
+            result = f"{T}[0, 0]"
+        else:
+            e, o, first_i, first_j = "-", "0", r.choice(["i == 0", "0 == i"]), "j == 0"
+            loops = ["for i in range(n):", "for j in range(m):"]
+            result = f"{T}[n - 1, m - 1]"
+        up, left, diag = f"{T}[i {e} 1, j]", f"{T}[i, j {e} 1]", f"{T}[i {e} 1, j {e} 1]"
+        if r.random() < 0.25:
+            loops.reverse()                         # column order
+        if kind == "sum":
+            ws = [r.choice(["0.5", "0.25", "0.3 * s"]) for _ in range(3)]
+            comb = lambda *ts: " + ".join(f"{w} * {t}" for w, t in ts)   # noqa: E731
+            body = [f"if {first_i} and {first_j}:",
+                    f"    {T}[i, j] = {c}",
+                    f"elif {first_i}:",
+                    f"    {T}[i, j] = {c} + {comb((ws[1], left))}",
+                    f"elif {first_j}:",
+                    f"    {T}[i, j] = {c} + {comb((ws[0], up))}",
+                    "else:",
+                    f"    {T}[i, j] = {c} + {comb((ws[0], up), (ws[1], left), (ws[2], diag))}"]
+        elif r.random() < 0.5:
+            body = [f"if {first_i} and {first_j}:",
+                    f"    {T}[i, j] = {c}",
+                    f"elif {first_i}:",
+                    f"    {T}[i, j] = {c} + {left}",
+                    f"elif {first_j}:",
+                    f"    {T}[i, j] = {c} + {up}",
+                    "else:",
+                    f"    {T}[i, j] = {c} + {kind}({diag}, {up}, {left})"]
+        else:                                       # a best-so-far, guarded reads
+            gi = f"i > 0" if not back else "i < n - 1"
+            gj = f"j >= 1" if not back else "j <= m - 2"
+            body = [f"best = {fill}",
+                    f"if {gi}:",
+                    f"    best = {kind}(best, {up})",
+                    f"if {gj}:",
+                    f"    best = {kind}(best, {left})",
+                    f"if not ({first_i} or {first_j}):",
+                    f"    best = {kind}(best, {diag})",
+                    f"if {first_i} and {first_j}:",
+                    "    best = 0.0",
+                    f"{T}[i, j] = {c} + best"]
+        lines = [f"{T} = zeros((n, m))", loops[0], "    " + loops[1]]
+        lines += ["        " + ln for ln in body]
+        if r.random() < 0.3:
+            result = f"{result} + 0.01 * sum({T})"
+        lines.append(f"return {result}")
+        regs = (None,) if kind == "sum" else (None, "entropy", "entropy", "l2")
+        self.helper_term("borders", lines, rng=r, regs=regs)
+
     def block_branch(self):
         v = self.name("b")
         t = self.r.choice(["0.3", "0.8", "1.1"])
@@ -597,6 +659,9 @@ class Gen:
             self.r.choice(blocks)()
         if not self.inf_mode and self.r2.random() < 0.15:
             self.block_steps()
+        r3 = random.Random(self.seed * 104729 + 5)
+        if not self.inf_mode and r3.random() < 0.2:
+            self.block_borders(r3)
         if not self.terms:
             self.block_array()
         coefs = [self.r.choice(["1.0", "0.5", "0.25", "2.0"]) for _ in self.terms]
@@ -624,16 +689,19 @@ def close(a, b, rtol):
 @contextlib.contextmanager
 def _written_order():
     """The reference (the interpreter) runs the loops as written: without
-    passes/interchange.py, so that the comparison also checks that pass."""
-    old = os.environ.get("DPLANG_INTERCHANGE")
-    os.environ["DPLANG_INTERCHANGE"] = "0"
+    passes/interchange.py and passes/peel.py, so that the comparison also checks
+    them."""
+    names = ("DPLANG_INTERCHANGE", "DPLANG_PEEL")
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: "0" for k in names})
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["DPLANG_INTERCHANGE"]
-        else:
-            os.environ["DPLANG_INTERCHANGE"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def check(prog: Program, rtol: float = 1e-12, second_order: bool = False) -> list[str]:
