@@ -61,7 +61,7 @@ import os
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import EFFECTS, Op, Program, Region, Value
-from dplang.ir.wavefront import _const_int, _offset, perfect_nest
+from dplang.ir.wavefront import _const_int, _offset
 from dplang.passes.simplify import _replace_uses, rewrite_funcs
 
 # no peel or split of a loop whose body has more ops than this (each copies the body)
@@ -435,11 +435,44 @@ def _accesses(region: Region, iv_i: Value, iv_j: Value, slots: list):
     return out
 
 
+def _nest_parts(outer: Op):
+    """``(inner, hoisted, per_row)`` when ``outer`` (an ascending ``for``) holds scalar
+    ops, an ascending inner ``for`` that carries exactly its values and the ``yield`` of
+    the inner loop's results: ``hoisted``, the ops that do not depend on the outer
+    variable, ``per_row`` those that do (a row's value the program hoisted, ``xi =
+    x[i]``); None otherwise.  The ops may read no array the loops carry, and the inner
+    loop's bounds may not depend on the row."""
+    ob = outer.regions[0]
+    ops = ob.ops
+    if (len(ops) < 2 or ops[-1].name != "yield" or ops[-2].name != "for"
+            or _sign(outer) != 1 or _sign(ops[-2]) != 1):
+        return None
+    inner = ops[-2]
+    if list(inner.operands[3:]) != list(ob.args[1:]) or \
+            list(ops[-1].operands) != list(inner.results):
+        return None
+    dep = {ob.args[0]}
+    hoisted, per_row = [], []
+    for op in ops[:-2]:
+        if (op.regions or op.name in EFFECTS or op.name in ("call", "while", "if", "for")
+                or not all(isinstance(r.type, T.Scalar) for r in op.results)
+                or any(v in ob.args[1:] for v in op.operands)):
+            return None
+        if any(v in dep for v in op.operands):
+            per_row.append(op)
+            dep.update(op.results)
+        else:
+            hoisted.append(op)
+    if any(v in dep for v in inner.operands[:3]):
+        return None
+    return inner, hoisted, per_row
+
+
 def _split(outer: Op) -> bool:
-    got = perfect_nest(outer)
-    if got is None or got[1] != 1:
+    got = _nest_parts(outer)
+    if got is None:
         return False
-    inner = got[0]
+    inner, hoisted, per_row = got
     ib = inner.regions[0]
     outside = _inner_facts(outer, _facts(outer))
     if not _decided_ifs(ib, _with(outside, inner, ib.args[0], "rest")) \
@@ -452,8 +485,14 @@ def _split(outer: Op) -> bool:
         return False
     ob = outer.regions[0]
     iv_i = ob.args[0]
-    # the column's body (j = lo) and the rest's, each with its tests decided
-    col = _clone_region(ib, {})
+    # the column's body (j = lo; the row's values computed there too) and the rest's,
+    # each with its tests decided
+    vmap = {}
+    row_vals = [_clone_op(op, vmap) for op in per_row]
+    col = _clone_region(ib, vmap)
+    for op in reversed(row_vals):
+        op.parent = col
+        col.ops.insert(0, op)
     _fold(col, _with(outside, inner, col.args[0], "first"))
     rest_body = _clone_region(ib, {})
     _fold(rest_body, _with(outside, inner, rest_body.args[0], "rest"))
@@ -471,9 +510,8 @@ def _split(outer: Op) -> bool:
                     and a2 - a1 >= 1:
                 return False
     # the column: for i in range(lo_i, hi_i) { body at j = lo_j }, when lo_j < hi_j
-    hoisted = ob.ops[:-2]
     _insert_before(outer, hoisted)
-    del ob.ops[:-2]
+    ob.ops = [op for op in ob.ops if op not in hoisted]
     tmp = Region()
     b = Builder(tmp, outer.loc)
     init = list(outer.operands[3:])

@@ -6,7 +6,8 @@
     ssa        after checking and lowering into structured SSA (dsl/lower.py)
     smoothed   after the smoothing pass (passes/smooth.py: @smooth, dp.smooth)
     ad         after transpose sinking (passes/layout.py: reductions of a transposed
-               matrix reduce the matrix), index-set splitting (passes/peel.py: loops
+               matrix reduce the matrix), small soft choices as scalar code
+               (passes/scalarize.py), index-set splitting (passes/peel.py: loops
                that test for their first iteration lose the test), loop interchange
                (passes/interchange.py: tables filled column by column are filled row
                by row) and forward/reverse differentiation (passes/ad_forward,
@@ -37,8 +38,8 @@ def _smooth(program: Program) -> Program:
 
 
 def _ad(program: Program) -> Program:
-    from dplang.passes import ad, interchange, layout, peel
-    return ad.run(interchange.run(peel.run(layout.run(program))))
+    from dplang.passes import ad, interchange, layout, peel, scalarize
+    return ad.run(interchange.run(peel.run(scalarize.small_choices(layout.run(program)))))
 
 
 def _simplify(program: Program) -> Program:

@@ -213,3 +213,130 @@ def run(program: Program) -> Program:
     """Scalarise in every function (a copy of the program; the input is not modified)."""
     from dplang.passes.simplify import rewrite_funcs
     return rewrite_funcs(program, scalarize_func)
+
+
+# ------------------------------------------------------------ small soft choices
+SMALL_CHOICE = 8        # at most this many entries
+
+
+def _small_array(v: Value):
+    """The scalar operands of ``array(a, b, ...)`` when ``v`` is such a 1-D array of at
+    most ``SMALL_CHOICE`` floats; else None."""
+    o = v.owner
+    if not (isinstance(o, Op) and o.name == "array" and isinstance(v.type, T.Array)
+            and v.type.ndim == 1 and 1 <= len(o.operands) <= SMALL_CHOICE
+            and all(isinstance(x.type, T.Scalar) and x.type.dtype == v.type.dtype
+                    for x in o.operands)
+            and v.type.dtype in ("f64", "f32")):
+        return None
+    return list(o.operands)
+
+
+def _whole(op: Op) -> bool:
+    return op.attrs.get("axis", -1) in (-1, 0, None, (0,), (-1,))
+
+
+def small_choices_func(func: Func) -> bool:
+    """Smoothed choices among a few scalars written as an array, as a DP cell that keeps
+    its predecessors' weights does (``q = array([R[i - 1, j - 1], R[i - 1, j], R[i, j -
+    1]])``, ``W[i, j, :] = onehot_argmin(q)``, ``R[i, j] = D[i - 1, j - 1] + min(q)``,
+    smoothed into ``sargmin`` and ``smin``): each cell allocated the array, the weights
+    and their copy (150 ms for a 512 x 512 soft alignment, 30x the gradient of soft-DTW,
+    which computes the same matrix).  Rewritten into scalar ops:
+
+    * ``sargmin/sargmax(array(x...), gamma)`` -> ``array(w...)``, the weights in the
+      elementary ops that ``sminn``'s own derivative uses (ir/primitives/soft.py,
+      ``_entropy_cell``; ``_l2_cell`` for two or three entries under l2): exact at
+      ``inf`` entries and tiny gamma, finite derivatives of any order;
+    * ``smin/smax`` of the same array -> the value that cell computes (entropy), else
+      ``sminn/smaxn(gamma, x...)``;
+    * ``setitem(W, array(w...), ..., :)`` over a last axis of that static length -> one
+      scalar ``setitem`` per entry, and ``getitem(array(w...), k)`` -> ``w_k``.
+
+    Returns whether anything changed; the arrays left unused go with dead code."""
+    from dplang.ir.primitives.soft import _entropy_cell, _l2_cell
+    changed = False
+    values: dict = {}           # (array, gamma, reg, sign) -> the cell's smoothed value
+    for op in list(func.walk()):
+        if op.name not in ("sargmin", "sargmax") or not _whole(op):
+            continue
+        xs = _small_array(op.operands[0])
+        reg = op.attrs.get("reg", "entropy")
+        if xs is None or (reg == "l2" and len(xs) > 3) or reg not in ("entropy", "l2") \
+                or op.operands[1].type != T.Scalar(xs[0].type.dtype):
+            continue
+        sign = 1 if op.name == "sargmax" else -1
+        tmp = Region()
+        b = Builder(tmp, op.loc)
+        if reg == "entropy":
+            z, ws = _entropy_cell(b, op.operands[1], xs, sign)
+            values[(op.operands[0], op.operands[1], reg, sign)] = z
+        else:
+            ws = _l2_cell(b, op.operands[1], xs, sign)
+        q = b.prim("array", *ws, hint=op.results[0].hint)
+        _splice(op, tmp)
+        _replace_uses(func.body, op.results[0], q)
+        changed = True
+    for op in list(func.walk()):
+        if op.name in ("smin", "smax") and _whole(op) and _small_array(op.operands[0]) \
+                and isinstance(op.results[0].type, T.Scalar):
+            xs = _small_array(op.operands[0])
+            if op.operands[1].type != T.Scalar(xs[0].type.dtype):
+                continue
+            sign = 1 if op.name == "smax" else -1
+            reg = op.attrs.get("reg", "entropy")
+            z = values.get((op.operands[0], op.operands[1], reg, sign))
+            if z is None:
+                tmp = Region()
+                b = Builder(tmp, op.loc)
+                z = b.prim("smaxn" if sign > 0 else "sminn", op.operands[1], *xs, reg=reg,
+                           hint=op.results[0].hint)
+                _splice(op, tmp)
+            _replace_uses(func.body, op.results[0], z)
+            changed = True
+        elif op.name == "setitem" and _small_array(op.operands[1]) is not None:
+            changed |= _setitem_entries(func, op)
+        elif op.name == "getitem" and _small_array(op.operands[0]) is not None:
+            xs = _small_array(op.operands[0])
+            k = _const_index(op, 1, (len(xs),))
+            if k is not None and isinstance(op.results[0].type, T.Scalar):
+                _replace_uses(func.body, op.results[0], xs[k[0]])
+                changed = True
+    return changed
+
+
+def _splice(op: Op, tmp: Region) -> None:
+    region = op.parent
+    at = region.ops.index(op)
+    for o in tmp.ops:
+        o.parent = region
+    region.ops[at:at] = tmp.ops
+
+
+def _setitem_entries(func: Func, op: Op) -> bool:
+    """``W[..., :] = array(w...)`` (integer indices, then a whole last axis whose static
+    length is the number of entries) as one scalar write per entry."""
+    xs = _small_array(op.operands[1])
+    arr = op.operands[0]
+    index = op.attrs.get("index")
+    full = ("slice", False, False, False)
+    if not (isinstance(arr.type, T.Array) and index is not None and len(index) == arr.type.ndim
+            and index[-1] == full and all(e == "i" for e in index[:-1])
+            and arr.type.shape[-1] == len(xs) and arr.type.dtype == op.operands[1].type.dtype):
+        return False
+    tmp = Region()
+    b = Builder(tmp, op.loc)
+    cur = arr
+    idx = op.operands[2:]
+    for k, x in enumerate(xs):
+        cur = b.prim("setitem", cur, x, *idx, b.const(k), hint=op.results[0].hint)
+    _splice(op, tmp)
+    _replace_uses(func.body, op.results[0], cur)
+    op.parent.ops.remove(op)
+    return True
+
+
+def small_choices(program: Program) -> Program:
+    from dplang.passes.simplify import rewrite_funcs
+    return rewrite_funcs(program, small_choices_func, wanted=lambda f: any(
+        op.name in ("sargmin", "sargmax", "smin", "smax") for op in f.body.walk()))

@@ -40,10 +40,14 @@ def _is(v: Value, x) -> bool:
     return c is not None and not isinstance(c, bool) and np.ndim(c) == 0 and c == x
 
 
-def _has_effects(op: Op) -> bool:
-    if op.name in ("assert", "return", "yield", "tape_push", "tape_pop"):
+def _has_effects(op: Op, nested: bool = False) -> bool:
+    """Whether ``op`` must stay though its results are unused: an effect, or a
+    terminator of its region (the terminators of regions nested in ``op`` do not
+    count: a loop that computes nothing used goes)."""
+    if op.name in ("assert", "return", "tape_push", "tape_pop") or \
+            (op.name == "yield" and not nested):
         return True
-    return any(_has_effects(o) for r in op.regions for o in r.ops)
+    return any(_has_effects(o, True) for r in op.regions for o in r.ops)
 
 
 def _replace_uses(region: Region, old: Value, new: Value) -> None:
@@ -62,6 +66,7 @@ class Simplifier:
             self.fold_region(self.func.body, {})
             self.dce_region(self.func.body)
             self.drop_write_only()
+            self.drop_unchanged_carries()
             if not self.changed:
                 break
         return self.func
@@ -244,6 +249,31 @@ class Simplifier:
                     y = reg.terminator
                     y.operands = [y.operands[k] for k in keep]
                 self.changed = True
+
+    def drop_unchanged_carries(self) -> None:
+        """A ``for`` that yields a carried value unchanged (``yield R`` for ``R``: the
+        loop's body has no effect on it, as in a peeled iteration that writes nothing)
+        returns its initial value: the slot goes and its uses take that value."""
+        for op in list(self.func.walk()):
+            if op.name != "for":
+                continue
+            body = op.regions[0]
+            y = body.terminator
+            keep = []
+            for k, (arg, out) in enumerate(zip(body.args[1:], y.operands)):
+                if out is arg:
+                    init = op.operands[3 + k]
+                    _replace_uses(body, arg, init)
+                    self.replace_value(op.results[k], init)
+                else:
+                    keep.append(k)
+            if len(keep) == len(op.results):
+                continue
+            op.operands = op.operands[:3] + [op.operands[3 + k] for k in keep]
+            op.results = [op.results[k] for k in keep]
+            body.args = body.args[:1] + [body.args[1 + k] for k in keep]
+            y.operands = [y.operands[k] for k in keep]
+            self.changed = True
 
     def _array_flow(self):
         """The array values of the function, ``pred`` (value -> the values that flow
