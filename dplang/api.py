@@ -528,18 +528,19 @@ def smooth(f, reg, gamma=None):
     it calls) replaced by their ``reg``-smoothed versions (SPEC 2.2); without ``gamma``
     the temperature is a new last parameter."""
     def build(f):
-        from dplang.passes.scalarize import small_choices
-        from dplang.passes.simplify import simplify_func
+        from dplang.passes.pipeline import PIPELINE
         from dplang.passes.smooth import smooth_program
         base, key = _base(f)
-        prog, key = smooth_program(base, key, reg, gamma)
-        # what the "ad" stage does after @smooth (this program is past it): smoothed
-        # choices among a few scalars written as arrays become scalar code
-        done = small_choices(prog)
-        for name, g in done.funcs.items():
-            if g is not prog.funcs.get(name):
-                simplify_func(g)
-        prog = done
+        if getattr(f, "program", None) is None:
+            # a compiled function: smoothed where @smooth is (before the "ad" stage,
+            # whose rewrites of hard choices would hide them from smoothing), then
+            # through the rest of the pipeline
+            prog, key = smooth_program(f.module._stage_program("ssa"), key, reg, gamma)
+            for stage, fn in PIPELINE:
+                if stage != "smoothed":
+                    prog = fn(prog)
+        else:
+            prog, key = smooth_program(base, key, reg, gamma)
         func = prog.funcs[key]
         return Derived(f.module, prog, key, f"smooth({f.__name__})",
                        lambda flat: tuple(flat) if func.returns_tuple else flat[0])
