@@ -380,7 +380,13 @@ def _setitem_entries(func: Func, op: Op) -> bool:
 
 
 def small_choices(program: Program) -> Program:
+    """``small_choices_func`` on every function; ``DPLANG_SMALL_CHOICES=0`` turns it
+    off (the random-program tests' reference runs without it)."""
+    import os
     from dplang.passes.simplify import rewrite_funcs
+    if os.environ.get("DPLANG_SMALL_CHOICES", "1").strip().lower() in ("0", "false", "no",
+                                                                      "off"):
+        return program
     return rewrite_funcs(program, small_choices_func, wanted=lambda f: any(
         op.name in _CHOICES for op in f.body.walk()))
 

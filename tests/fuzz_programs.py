@@ -688,10 +688,10 @@ def close(a, b, rtol):
 
 @contextlib.contextmanager
 def _written_order():
-    """The reference (the interpreter) runs the loops as written: without
-    passes/interchange.py and passes/peel.py, so that the comparison also checks
-    them."""
-    names = ("DPLANG_INTERCHANGE", "DPLANG_PEEL")
+    """The reference (the interpreter) runs the program as written: without
+    passes/interchange.py, passes/peel.py and the small choices of passes/scalarize.py,
+    so that the comparison also checks them."""
+    names = ("DPLANG_INTERCHANGE", "DPLANG_PEEL", "DPLANG_SMALL_CHOICES")
     old = {k: os.environ.get(k) for k in names}
     os.environ.update({k: "0" for k in names})
     try:
