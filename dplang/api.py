@@ -530,7 +530,7 @@ def smooth(f, reg, gamma=None):
     def build(f):
         from dplang.passes.pipeline import PIPELINE
         from dplang.passes.smooth import smooth_program
-        base, key = _base(f)
+        key = f.key
         if getattr(f, "program", None) is None:
             # a compiled function: smoothed where @smooth is (before the "ad" stage,
             # whose rewrites of hard choices would hide them from smoothing), then
@@ -540,7 +540,7 @@ def smooth(f, reg, gamma=None):
                 if stage != "smoothed":
                     prog = fn(prog)
         else:
-            prog, key = smooth_program(base, key, reg, gamma)
+            prog, key = smooth_program(f.program, key, reg, gamma)
         func = prog.funcs[key]
         return Derived(f.module, prog, key, f"smooth({f.__name__})",
                        lambda flat: tuple(flat) if func.returns_tuple else flat[0])
