@@ -4,7 +4,8 @@
 together blocks of the kinds users write and the CPU backend treats specially: DP
 tables filled by a 2-D nest (forward or descending, row or column order, a band, hard
 or smoothed min/max: wavefront schedules, two-row windows, register carries, hoisted
-index checks), backtracking through a weight table, chain recursions over rows
+index checks; also written the textbook way, with branches on the indices for the
+borders), backtracking through a weight table, chain recursions over rows
 (Viterbi-like), scalar and small-array recurrences (tapes, while loops), elementwise
 runs with reductions and products (fusion, BLAS), branches, and calls of helpers
 (inlining).  Each block adds a finite scalar term to the result.  The sizes n and m
