@@ -108,6 +108,20 @@ def _offset(v: Value, iv: Value):
     return None
 
 
+def table_offsets(op: Op, iv_i: Value, iv_j: Value):
+    """``(a, b)`` when ``op`` (``getitem``, ``setitem`` or ``scatter_add`` of a 2-D
+    array) indexes it at ``[iv_i + a, iv_j + b]`` with two integer indices and constant
+    ``a, b``; else None."""
+    arr = op.operands[0]
+    idx = op.operands[1 if op.name == "getitem" else 2:]
+    index = op.attrs.get("index")
+    if (len(idx) != 2 or (index is not None and any(e != "i" for e in index))
+            or not isinstance(arr.type, T.Array) or arr.type.ndim != 2):
+        return None
+    a, b = _offset(idx[0], iv_i), _offset(idx[1], iv_j)
+    return None if a is None or b is None else (a, b)
+
+
 def lowest(loop: Op, sign: int):
     """The least value of ``loop``'s induction variable when it runs (``sign``: its
     step), if the loop starts (ascending) or stops (descending) at a constant."""
@@ -203,15 +217,10 @@ def nest_of(outer: Op) -> Nest | None:
             arr = op.operands[0]
             if arr in chain:
                 k = chain[arr]
-                first = 1 if op.name == "getitem" else 2
-                idx = op.operands[first:]
-                index = op.attrs.get("index")
-                if (len(idx) != 2 or (index is not None and any(e != "i" for e in index))
-                        or not isinstance(arr.type, T.Array) or arr.type.ndim != 2):
+                got = table_offsets(op, iv_i, iv_j)
+                if got is None:
                     return None
-                a, b = _offset(idx[0], iv_i), _offset(idx[1], iv_j)
-                if a is None or b is None:
-                    return None
+                a, b = got
                 if low_i is None or low_j is None or low_i + a < 0 or low_j + b < 0:
                     wraps = keep_order = True       # (an index that may wrap around)
                 if op.name == "getitem":

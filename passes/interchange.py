@@ -57,8 +57,8 @@ import os
 
 from dplang.ir import types as T
 from dplang.ir.core import EFFECTS, Func, Op, Program
-from dplang.ir.wavefront import _lex, _offset, lowest, nest_of, perfect_nest
-from dplang.passes.simplify import rewrite_funcs
+from dplang.ir.wavefront import _lex, lowest, nest_of, perfect_nest, table_offsets
+from dplang.passes.simplify import insert_before, rewrite_funcs
 
 
 def enabled() -> bool:
@@ -145,11 +145,7 @@ def _swap(outer: Op, inner: Op) -> None:
     ob, ib = outer.regions[0], inner.regions[0]
     hoisted = ob.ops[:-2]
     if hoisted:
-        parent = outer.parent
-        at = parent.ops.index(outer)
-        parent.ops[at:at] = hoisted
-        for h in hoisted:
-            h.parent = parent
+        insert_before(outer, hoisted)
         del ob.ops[:-2]
     outer.operands[:3], inner.operands[:3] = inner.operands[:3], outer.operands[:3]
     j, i = ob.args[0], ib.args[0]
@@ -195,14 +191,10 @@ def interchangeable(outer: Op) -> bool:
                 if op.name != "getitem" or not isinstance(op.results[0].type, T.Scalar):
                     return False
                 continue
-            first = 1 if op.name == "getitem" else 2
-            idx = op.operands[first:]
-            index = op.attrs.get("index")
-            if len(idx) != 2 or (index is not None and any(e != "i" for e in index)):
+            got = table_offsets(op, iv_i, iv_j)
+            if got is None or low_i + got[0] < 0 or low_j + got[1] < 0:
                 return False
-            a, b = _offset(idx[0], iv_i), _offset(idx[1], iv_j)
-            if a is None or b is None or low_i + a < 0 or low_j + b < 0:
-                return False
+            a, b = got
             k = chain[arr]
             if op.name == "getitem":
                 if not isinstance(op.results[0].type, T.Scalar):

@@ -61,8 +61,8 @@ import os
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import EFFECTS, Op, Program, Region, Value
-from dplang.ir.wavefront import _const_int, _offset
-from dplang.passes.simplify import _replace_uses, rewrite_funcs
+from dplang.ir.wavefront import _const_int, table_offsets
+from dplang.passes.simplify import _replace_uses, insert_before, rewrite_funcs
 
 # no peel or split of a loop whose body has more ops than this (each copies the body)
 MAX_BODY = 2000
@@ -301,14 +301,6 @@ def _size(region: Region) -> int:
     return sum(1 for _ in region.walk())
 
 
-def _insert_before(anchor: Op, ops: list) -> None:
-    parent = anchor.parent
-    at = parent.ops.index(anchor)
-    for o in ops:
-        o.parent = parent
-    parent.ops[at:at] = ops
-
-
 def _next_start(b: Builder, loop: Op) -> Value:
     """``start + step`` (a constant when the start is one)."""
     s, step = _const_int(loop.operands[0]), _sign(loop)
@@ -353,7 +345,7 @@ def _peel(loop: Op) -> bool:
     # the rest: from the next iteration on, its tests decided too
     loop.operands[0] = _next_start(b, loop)
     loop.operands[3:] = first.results
-    _insert_before(loop, tmp.ops)
+    insert_before(loop, tmp.ops)
     _fold(body, rest)
     return True
 
@@ -400,15 +392,10 @@ def _accesses(region: Region, iv_i: Value, iv_j: Value, slots: list):
                 return False
             if op.name in ("getitem", "setitem", "scatter_add") and op.operands[0] in chain:
                 arr = op.operands[0]
-                first = 1 if op.name == "getitem" else 2
-                idx = op.operands[first:]
-                index = op.attrs.get("index")
-                if (len(idx) != 2 or (index is not None and any(e != "i" for e in index))
-                        or not isinstance(arr.type, T.Array) or arr.type.ndim != 2):
+                got = table_offsets(op, iv_i, iv_j)
+                if got is None:
                     return False
-                a, b = _offset(idx[0], iv_i), _offset(idx[1], iv_j)
-                if a is None or b is None:
-                    return False
+                a, b = got
                 if op.name == "getitem":
                     if not isinstance(op.results[0].type, T.Scalar):
                         return False
@@ -510,7 +497,7 @@ def _split(outer: Op) -> bool:
                     and a2 - a1 >= 1:
                 return False
     # the column: for i in range(lo_i, hi_i) { body at j = lo_j }, when lo_j < hi_j
-    _insert_before(outer, hoisted)
+    insert_before(outer, hoisted)
     ob.ops = [op for op in ob.ops if op not in hoisted]
     tmp = Region()
     b = Builder(tmp, outer.loc)
@@ -529,7 +516,7 @@ def _split(outer: Op) -> bool:
     # the rest: the nest from the next column
     inner.operands[0] = b.const(low_j + 1)
     outer.operands[3:] = col_loop.results
-    _insert_before(outer, tmp.ops)
+    insert_before(outer, tmp.ops)
     inner.regions[0] = rest_body
     rest_body.parent = inner
     return True

@@ -17,7 +17,7 @@ from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.analysis import uses as func_uses
 from dplang.ir.core import Func, Op, Program, Region, Value
-from dplang.passes.simplify import _replace_uses
+from dplang.passes.simplify import _replace_uses, insert_before
 
 MAX_SIZE = 8
 
@@ -281,7 +281,7 @@ def small_choices_func(func: Func) -> bool:
         else:
             ws = _l2_cell(b, op.operands[1], xs, sign)
         q = b.prim("array", *ws, hint=op.results[0].hint)
-        _splice(op, tmp)
+        insert_before(op, tmp.ops)
         _replace_uses(func.body, op.results[0], q)
         changed = True
     for op in list(func.walk()):
@@ -297,7 +297,7 @@ def small_choices_func(func: Func) -> bool:
             else:
                 rep = b.prim("array", *_first_extreme(b, xs, op.name == "onehot_argmax"),
                              hint=op.results[0].hint)
-            _splice(op, tmp)
+            insert_before(op, tmp.ops)
             _replace_uses(func.body, op.results[0], rep)
             changed = True
         elif op.name in ("smin", "smax") and _whole(op) and _small_array(op.operands[0]) \
@@ -313,7 +313,7 @@ def small_choices_func(func: Func) -> bool:
                 b = Builder(tmp, op.loc)
                 z = b.prim("smaxn" if sign > 0 else "sminn", op.operands[1], *xs, reg=reg,
                            hint=op.results[0].hint)
-                _splice(op, tmp)
+                insert_before(op, tmp.ops)
             _replace_uses(func.body, op.results[0], z)
             changed = True
         elif op.name == "setitem" and _small_array(op.operands[1]) is not None:
@@ -348,14 +348,6 @@ def _first_extreme(b: Builder, xs: list, maximum: bool) -> list:
     return out
 
 
-def _splice(op: Op, tmp: Region) -> None:
-    region = op.parent
-    at = region.ops.index(op)
-    for o in tmp.ops:
-        o.parent = region
-    region.ops[at:at] = tmp.ops
-
-
 def _setitem_entries(func: Func, op: Op) -> bool:
     """``W[..., :] = array(w...)`` (integer indices, then a whole last axis whose static
     length is the number of entries) as one scalar write per entry."""
@@ -373,7 +365,7 @@ def _setitem_entries(func: Func, op: Op) -> bool:
     idx = op.operands[2:]
     for k, x in enumerate(xs):
         cur = b.prim("setitem", cur, x, *idx, b.const(k), hint=op.results[0].hint)
-    _splice(op, tmp)
+    insert_before(op, tmp.ops)
     _replace_uses(func.body, op.results[0], cur)
     op.parent.ops.remove(op)
     return True

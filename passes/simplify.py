@@ -55,6 +55,15 @@ def _replace_uses(region: Region, old: Value, new: Value) -> None:
         op.operands = [new if x is old else x for x in op.operands]
 
 
+def insert_before(anchor: Op, ops: list) -> None:
+    """Put ``ops`` (built elsewhere, e.g. in a scratch region) just before ``anchor``."""
+    parent = anchor.parent
+    at = parent.ops.index(anchor)
+    for o in ops:
+        o.parent = parent
+    parent.ops[at:at] = ops
+
+
 class Simplifier:
     def __init__(self, func: Func):
         self.func = func
