@@ -157,16 +157,17 @@ class Tracking:
         return False
 
     def _write_once(self, outer: Op, k: int):
-        """The setitem of a DP table filled once per cell by a nest of unit-step ``for``
-        loops (``R[i + a, j + b] = ...``) whose reads in the nest all look back
-        (``R[i + c, j + d]`` with (c - a, d - b) lexicographically negative): every cell
-        read was written in an earlier iteration or never, and no cell is written twice,
-        so the final table answers every read of the reverse sweep and no old value
-        needs saving.  None when the pattern does not hold."""
+        """The setitem of a DP table filled once per cell by a nest of ``for`` loops with
+        steps of 1 or -1 (``R[i + a, j + b] = ...``) whose reads in the nest all look
+        back (``R[i + c, j + d]`` with (c - a, d - b), times the steps, lexicographically
+        negative: ``R[i + 1, j]`` in a descending nest): every cell read was written in
+        an earlier iteration or never, and no cell is written twice, so the final table
+        answers every read of the reverse sweep and no old value needs saving.  None
+        when the pattern does not hold."""
         loops, cur, ck = [outer], outer, k
         chains = []
         while True:
-            if cur.name != "for" or _const_of(cur.operands[2]) != 1:
+            if cur.name != "for" or _const_of(cur.operands[2]) not in (1, -1):
                 return None
             trans, versions = self.loop_chain(cur, ck)
             chains.append(versions)
@@ -196,7 +197,8 @@ class Tracking:
                     c = _offsets(user.operands[1:], user.attrs.get("index"), ivs)
                     if c is None:
                         return None
-                    diff = [ci - ai for ci, ai in zip(c, a)]
+                    steps = [_const_of(lp.operands[2]) for lp in loops]
+                    diff = [(ci - ai) * st for ci, ai, st in zip(c, a, steps)]
                     first = next((d for d in diff if d != 0), 0)
                     if first >= 0:
                         return None
@@ -862,9 +864,11 @@ def _dhint(v: Value) -> str:
 
 
 def _loop_nest(body: Region, region: Region):
-    """(the op of ``body`` that encloses ``region``, the ``for`` loops around ``region``)
-    when every loop around it is a ``for`` whose bounds are defined in ``body``; None
-    otherwise (a ``while``, or bounds computed inside the nest)."""
+    """(the op of ``body`` that encloses ``region``, the ``for`` loops around ``region``,
+    the ops to copy before it) when every loop around it is a ``for`` whose bounds are
+    defined in ``body`` or computed inside the nest by integer arithmetic of such values
+    (``m - 1`` in the outer body of a descending nest: those ops, in order, are the
+    third item); None otherwise (a ``while``, or bounds that depend on the nest)."""
     loops, outer, r = [], None, region
     while r is not body:
         op = r.parent
@@ -873,12 +877,30 @@ def _loop_nest(body: Region, region: Region):
         if op.name == "for":
             loops.append(op)
         outer, r = op, op.parent
+    if outer is None:
+        return None
+    copies: list = []
+
+    def known(v: Value) -> bool:
+        o = v.owner
+        if o is body or (isinstance(o, Op) and o.parent is body):
+            return True
+        if (not isinstance(o, Op) or o.regions or o.name not in _INT_ARITH
+                or not all(getattr(x.type, "dtype", None) == "i64" for x in o.results)
+                or not all(known(x) for x in o.operands)):
+            return False
+        if o not in copies:
+            copies.append(o)
+        return True
     for lp in loops:
-        for v in lp.operands[:3]:
-            o = v.owner
-            if not (o is body or (isinstance(o, Op) and o.parent is body)):
-                return None
-    return (outer, loops) if outer is not None else None
+        if not all(known(v) for v in lp.operands[:3]):
+            return None
+    return outer, loops, copies
+
+
+# integer ops that cannot fail: loop bounds computed with them inside a nest are
+# computed again before it (for the capacity of a tape)
+_INT_ARITH = ("add", "sub", "mul", "neg", "maximum", "minimum", "const")
 
 
 def _step_sign(b: Builder, step):
@@ -1001,13 +1023,20 @@ class ReverseAD:
             nest = _loop_nest(body, region)
             if nest is None:
                 continue
-            outer, loops = nest
+            outer, loops, copies = nest
             op = tape_op[tape]
             tmp = Region()
             b = Builder(tmp, op.loc)
+            vmap: dict = {}
+            for c in copies:                # (bounds computed inside the nest)
+                new = b.op(c.name, [vmap.get(x, x) for x in c.operands],
+                           [r.type for r in c.results], c.attrs,
+                           hints=[r.hint for r in c.results])
+                vmap.update(zip(c.results, new.results))
             cap = b.const(1)
             for lp in loops:
-                cap = b.prim("mul", cap, _trip_count(b, *lp.operands[:3]))
+                cap = b.prim("mul", cap, _trip_count(b, *(vmap.get(v, v)
+                                                          for v in lp.operands[:3])))
             op.operands = [cap]
             body.ops.remove(op)
             pos = body.ops.index(outer)

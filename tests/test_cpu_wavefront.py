@@ -76,6 +76,17 @@ def sq_dtw(x: f64[n], y: f64[m]) -> f64:
             R[i, j] = (x[i - 1] - y[j - 1]) ** 2 + min(R[i - 1, j - 1], R[i - 1, j], R[i, j - 1])
     return R[n, m]
 
+# soft-DTW from the far corner: a descending nest reading i + 1 and j + 1, visited by
+# mirrored diagonals (from the last row and column)
+@smooth(entropy, gamma=gamma)
+def backward(D: f64[n, m], gamma: f64) -> f64:
+    R = full((n + 1, m + 1), inf)
+    R[n, m] = 0.0
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            R[i, j] = D[i, j] + min(R[i + 1, j + 1], R[i + 1, j], R[i, j + 1])
+    return R[0, 0]
+
 # a scalar carried through the nest (a running sum): not a table, left alone
 def running(D: f64[n, m]) -> f64:
     s = 0.0
@@ -110,6 +121,8 @@ def test_analysis_accepts_dp_nests_and_rejects_what_it_must(mods):
     (t,) = _nests(cpu, "too_far")
     assert t.keep_order and not t.parallel
     assert _nests(cpu, "running") == []
+    (b,) = _nests(cpu, "backward")
+    assert b.sign == -1 and b.parallel and not b.keep_order
 
 
 def test_indices_that_wrap_around_keep_the_written_order(mods):
@@ -143,8 +156,8 @@ def test_a_reverse_sweep_that_must_keep_its_order_gets_the_row_order_code(mods):
     D = rng.random((70, 40)) * 2.0
     v, g = vg(D, 0.6)
     prog = vg.program
-    back = [n for f in prog.funcs.values() for n in wavefront_nests(f) if n.sign == -1]
-    assert len(back) == 1 and back[0].keep_order and back[0].pops
+    back = [n for f in prog.funcs.values() for n in wavefront_nests(f) if n.pops]
+    assert len(back) == 1 and back[0].keep_order and back[0].sign == -1
     src = vg.source()
     assert "index checks hoisted" in src and "rt_wave_rank" in src and "skewed rows" not in src
     assert "d_R keeps two rows" in src
@@ -160,10 +173,11 @@ def test_reverse_sweep_is_recognised_as_a_descending_nest(mods):
     prog = vg.program
     nests = [n for f in prog.funcs.values() for n in wavefront_nests(f)]
     assert sorted(n.sign for n in nests if n.pushes or n.pops) == [-1, 1]
-    assert all(n.pops and not n.parallel for n in nests if n.sign == -1)
+    assert all(n.pops and not n.parallel for n in nests if n.sign == -1 and (n.pushes or n.pops))
 
 
 @pytest.mark.parametrize("name,kernel", [("soft_dtw", True), ("two_tables", True),
+                                         ("backward", True),
                                          ("step_pattern", True), ("sq_dtw", False),
                                          ("dtw", False), ("ahead", False),
                                          ("too_far", False), ("running", False)])
@@ -177,11 +191,11 @@ def test_kernels_are_generated_where_they_pay(mods, name, kernel):
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (5, 9), (70, 3), (130, 129)])
 @pytest.mark.parametrize("name", ["soft_dtw", "two_tables", "step_pattern", "ahead",
-                                  "running"])
+                                  "running", "backward"])
 def test_values_and_gradients_match_the_interpreter(mods, name, shape):
     cpu, interp = mods
     D = rng.random(shape) * 3.0
-    args = (D, 0.7) if name in ("soft_dtw", "two_tables", "step_pattern") else (D,)
+    args = (D, 0.7) if name in ("soft_dtw", "two_tables", "step_pattern", "backward") else (D,)
     want = getattr(interp, name)(*args)
     got = getattr(cpu, name)(*args)
     # (the step pattern cannot reach the corner of a table much wider than tall)
@@ -367,7 +381,7 @@ def test_tables_with_a_4k_pitch_give_the_same_bits(mods, monkeypatch):
     assert "rt_strip_buf" not in off.soft_dtw.source()
     for shape in ((40, 512), (70, 1024), (20, 513), (130, 512), (129, 1025)):
         D = rng.random(shape) * 2.0
-        for name in ("soft_dtw", "two_tables"):
+        for name in ("soft_dtw", "two_tables", "backward"):
             v1, g1 = dp.value_and_grad(getattr(cpu, name))(D, 0.5)
             v2, g2 = dp.value_and_grad(getattr(whole, name))(D, 0.5)
             v0, g0 = dp.value_and_grad(getattr(off, name))(D, 0.5)
@@ -375,6 +389,27 @@ def test_tables_with_a_4k_pitch_give_the_same_bits(mods, monkeypatch):
             assert v2 == v0 and np.array_equal(g2, g0)
         want = interp.soft_dtw(D[:20, :], 0.5)
         assert abs(cpu.soft_dtw(D[:20, :], 0.5) - want) <= 1e-12 * abs(want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 64), (65, 130), (200, 37),
+                                   (70, 512)])
+def test_a_dp_that_runs_backwards_is_the_forward_dp_of_the_flipped_costs(mods, shape):
+    """``backward`` (mirrored diagonals: from the last strip of rows, each diagonal from
+    the highest) on D is ``soft_dtw`` on D flipped in both axes, value and gradient; the
+    forward sweep of its gradient gets the mirrored kernel too, and its reverse sweep
+    (ascending) reads the weights at their row-order slots."""
+    cpu, _ = mods
+    assert "mirrored" in cpu.backward.source()
+    vsrc = dp.value_and_grad(cpu.backward).source()
+    assert "mirrored" in vsrc and "@jit_kernel" in vsrc
+    D = rng.random(shape) * 2.0
+    F = np.ascontiguousarray(D[::-1, ::-1])
+    for gamma in (1.0, 0.05):
+        v, g = dp.value_and_grad(cpu.backward)(D, gamma)
+        vf, gf = dp.value_and_grad(cpu.soft_dtw)(F, gamma)
+        assert v == pytest.approx(vf, rel=1e-13)
+        np.testing.assert_allclose(g, gf[::-1, ::-1], rtol=1e-11, atol=1e-15)
+        assert cpu.backward(D, gamma) == v
 
 
 def test_kernels_run_whole_vectors_with_the_same_bits(mods, monkeypatch):
@@ -391,7 +426,7 @@ def test_kernels_run_whole_vectors_with_the_same_bits(mods, monkeypatch):
     assert "lanes = (" not in dp.value_and_grad(off.soft_dtw).source()
     for shape in ((1, 1), (1, 9), (9, 2), (7, 7), (13, 70), (65, 66), (130, 41)):
         D = rng.random(shape) * 2.0
-        for name in ("soft_dtw", "two_tables"):
+        for name in ("soft_dtw", "two_tables", "backward"):
             for gamma in (0.5, 0.01):
                 v1, g1 = dp.value_and_grad(getattr(cpu, name))(D, gamma)
                 v0, g0 = dp.value_and_grad(getattr(off, name))(D, gamma)
@@ -408,6 +443,14 @@ def by_index(D: f64[n, m]) -> f64:
         for j in range(1, m + 1):
             R[i, j] = exp(-D[i - 1, j - 1] ** (j - m - 1)) + 0.5 * max(R[i - 1, j], R[i, j - 1]) / i
     return R[n, m]
+
+# the same from the far corner (mirrored diagonals: the kernel's i and j count down)
+def by_index_back(D: f64[n, m]) -> f64:
+    R = zeros((n + 1, m + 1))
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            R[i, j] = exp(-D[i, j] ** (-j - 1)) + 0.5 * max(R[i + 1, j], R[i, j + 1]) / (n - i)
+    return R[0, 0]
 '''
 
 
@@ -418,11 +461,16 @@ def test_whole_vectors_in_a_kernel_that_uses_the_indices(monkeypatch):
     assert "i = lo + k" in on.by_index.source().split("@jit\n")[0]      # (in the kernel)
     monkeypatch.setattr(cpu_wavefront, "LANES", 0)
     off = dp.compile(IJ_SRC + "# exact\n", filename="wave_ij_off.dp", backend="cpu")
+    assert "i = -(lo + k)" in on.by_index_back.source().split("@jit\n")[0]
     for shape in ((1, 1), (5, 3), (9, 11), (70, 20)):
         D = rng.random(shape) + 0.5
-        assert on.by_index(D) == off.by_index(D)
-        assert on.by_index(D) == pytest.approx(interp.by_index(D), rel=1e-13)
-        np.testing.assert_array_equal(dp.grad(on.by_index)(D), dp.grad(off.by_index)(D))
+        for name in ("by_index", "by_index_back"):
+            f_on, f_off, f_in = (getattr(m, name) for m in (on, off, interp))
+            assert f_on(D) == f_off(D)
+            assert f_on(D) == pytest.approx(f_in(D), rel=1e-13)
+            np.testing.assert_array_equal(dp.grad(f_on)(D), dp.grad(f_off)(D))
+        np.testing.assert_allclose(on.by_index_back(D), on.by_index(D[::-1, ::-1].copy()),
+                                   rtol=1e-13)
 
 
 PAIRS = '''

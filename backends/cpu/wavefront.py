@@ -23,7 +23,8 @@ in row order, so the reverse sweep keeps its row order and pops them as before. 
 table is visited in strips of ``STRIP`` rows, each strip by diagonals, so that the rows
 one diagonal touches stay in the cache and the TLB.  Nests without transcendental
 arithmetic (hard DTW's ``min``) stay in row order, which is faster for them (contiguous
-rows, about 3 ns a cell).  ``DPLANG_WAVEFRONT=0`` turns the schedule off.
+rows, about 3 ns a cell).  A descending nest (a DP from the far corner) runs the same
+schedule mirrored, over ``(-i, -j)``.  ``DPLANG_WAVEFRONT=0`` turns the schedule off.
 Decisions and measurements: docs/backend_cpu.md, "Wavefront schedules".
 """
 from __future__ import annotations
@@ -84,6 +85,8 @@ def _wave_tapes(waves: dict, nests: list, uses: dict) -> dict:
     (``rt_wave_rank``) instead of popping in order."""
     out = {}
     for f in waves.values():
+        if f.sign != 1:         # (a mirrored nest's pushes keep their row-order slots)
+            continue
         fbody = f.inner.regions[0]
         pushed = [op.operands[1] for op in fbody.ops if op.name == "tape_push"]
         # (in push order, not the set's: the generated source must not depend on
@@ -117,7 +120,7 @@ def _emittable(gen, n: Nest) -> bool:
 
 
 def _kernel_ok(gen, n: Nest) -> bool:
-    if not (n.parallel and n.sign == 1) or n.pops:
+    if not n.parallel or n.pops:
         return False
     body = n.inner.regions[0]
     invariant = _invariant_ops(n)
@@ -165,8 +168,13 @@ def emit(gen, n: Nest, ind: int):
     ana = gen.ana
     oslots = [gen.ref(a) for a in ob.args[1:]]
     islots = [gen.ref(a) for a in ib.args[1:]]
-    gen.line(ind, f"# wavefront (backends/cpu/wavefront.py): strips of up to {STRIP} rows, each by "
-                  f"anti-diagonals d = i + j, a vector kernel per diagonal", outer)
+    if n.sign > 0:
+        gen.line(ind, f"# wavefront (backends/cpu/wavefront.py): strips of up to {STRIP} rows, "
+                      f"each by anti-diagonals d = i + j, a vector kernel per diagonal", outer)
+    else:
+        gen.line(ind, f"# wavefront (backends/cpu/wavefront.py), mirrored: strips of up to "
+                      f"{STRIP} rows from the last, each by anti-diagonals d = i + j from the "
+                      f"highest, a vector kernel per diagonal", outer)
     gen.assign_slots(ind, outer, oslots, outer.operands[3:], ana.init_copies, 3, outer)
     for h in n.hoisted:
         _op(gen, h, ind)
@@ -297,7 +305,8 @@ class _Kernel:
             if v in wave:
                 continue
             if v in pushed:                 # one row per diagonal of the strip
-                gen.line(ind, f"{obuf[v]} = np.empty(({STRIP} + {B} - {b}, "
+                cols = f"{B} - {b}" if n.sign > 0 else _minus(b, B)
+                gen.line(ind, f"{obuf[v]} = np.empty(({STRIP} + {cols}, "
                               f"{STRIP + lanes}), {_npdt(v.type.dtype)})", v.owner)
             else:
                 gen.line(ind, f"{obuf[v]} = np.empty({STRIP}, {_npdt(v.type.dtype)})",
@@ -307,7 +316,12 @@ class _Kernel:
         if wave:
             gen.line(ind, f"{done} = 0", n.outer)
         r0, r1, c0, c1 = (gen.fresh(x) for x in ("row_lo", "row_hi", "col_lo", "col_hi"))
-        gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
+        if n.sign > 0:
+            gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {a}, {A}, {b}, {B}", n.outer)
+        else:   # (mirrored: the schedule runs over -i, -j, which ascend)
+            gen.line(ind, "# a descending nest: the schedule below runs over (-i, -j)", n.outer)
+            gen.line(ind, f"{r0}, {r1}, {c0}, {c1} = {_neg(a)}, {_neg(A)}, "
+                          f"{_neg(b)}, {_neg(B)}", n.outer)
         total = f"max({r1} - {r0}, 0) * max({c1} - {c0}, 0)"    # the nest's cells
         strip = self.strip_tables(ind, total)
         pad = self.pad(ind, total, skip=strip)
@@ -325,9 +339,15 @@ class _Kernel:
         gen.line(ind + 1, f"{s1} = min({s0} + {h}, {r1})", n.outer)
         for st in strip.values():           # the strip's rows into the strip buffers
             gen.line(ind + 1, f"if {st.copied}:", n.outer)
-            gen.line(ind + 2, f"{st.base} = {_plus(s0, st.lo)}", n.outer)
-            gen.line(ind + 2, f"{gen.mod.helper('rt_strip_in')}({st.buf}, {st.name}, "
-                              f"{st.base}, {_plus(s1, st.hi)} - {st.base})", n.outer)
+            if n.sign > 0:
+                gen.line(ind + 2, f"{st.base} = {_plus(s0, st.lo)}", n.outer)
+                gen.line(ind + 2, f"{gen.mod.helper('rt_strip_in')}({st.buf}, {st.name}, "
+                                  f"{st.base}, {_plus(s1, st.hi)} - {st.base})", n.outer)
+            else:                           # (rows -s_hi + 1 .. -s_lo, plus lo .. hi)
+                gen.line(ind + 2, f"{st.base} = {_plus(f'1 - {s1}', st.lo)}", n.outer)
+                gen.line(ind + 2, f"{gen.mod.helper('rt_strip_in')}({st.buf}, {st.name}, "
+                                  f"{st.base}, {_plus(f'{s1} - {s0}', st.hi - st.lo)})",
+                         n.outer)
         gen.line(ind + 1, f"for {d} in range({s0} + {c0}, {s1} + {c1} - 1):", n.outer)
         ind2 = ind + 2          # one diagonal: rows lo <= i < lo + cells, columns j = d - i
         gen.line(ind2, f"{lo} = max({s0}, {d} - {c1} + 1)", n.outer)
@@ -339,8 +359,7 @@ class _Kernel:
                 g = gen.val(op.operands[0], "f64")
                 gen.line(ind2, f"{gen.mod.helper('rt_check_gamma')}({g})", op)
         gen.line(ind2, f"for {k} in range({cnt}):", inner)         # gather
-        gen.line(ind2 + 1, f"{i} = {lo} + {k}", inner)
-        gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
+        self.cell(ind2 + 1, i, j, lo, k, d)
         for op in _needed(self.index, [v for op in self.loads for v in op.operands]):
             _op(gen, op, ind2 + 1)
         at1, put1 = gen.mod.helper("rt_at1"), gen.mod.helper("rt_put1")
@@ -374,8 +393,7 @@ class _Kernel:
         if wave:
             gen.line(ind2, f"{done} += {cnt}", inner)
         gen.line(ind2, f"for {k} in range({cnt}):", inner)         # scatter
-        gen.line(ind2 + 1, f"{i} = {lo} + {k}", inner)
-        gen.line(ind2 + 1, f"{j} = {d} - {i}", inner)
+        self.cell(ind2 + 1, i, j, lo, k, d)
         for op in _needed(self.index, [v for op in self.stores for v in op.operands[2:]]):
             _op(gen, op, ind2 + 1)
         for op in self.stores:
@@ -396,9 +414,10 @@ class _Kernel:
         for st in strip.values():           # the rows the strip wrote, back in the table
             if st.written is not None:
                 w0, w1 = st.written
+                first = _plus(s0, w0) if n.sign > 0 else _plus(f"1 - {s1}", w0)
                 gen.line(ind + 1, f"if {st.copied}:", n.outer)
                 gen.line(ind + 2, f"{gen.mod.helper('rt_strip_out')}({st.name}, {st.buf}, "
-                                  f"{_plus(s0, w0)}, {_plus(f'{s1} - {s0}', w1 - w0)}, "
+                                  f"{first}, {_plus(f'{s1} - {s0}', w1 - w0)}, "
                                   f"{st.base})", n.outer)
         # pushes go to the slots they have in row order, so the reverse sweep pops them in
         # its own order: after each strip, the strip's rows copied from the diagonals
@@ -434,6 +453,17 @@ class _Kernel:
             gen.line(ind, f"{gen.tape_count(t)} += {total}" + (f" * {p}" if p > 1 else ""),
                      n.outer)
         self.kernel(kname, gbuf, obuf, where, lo, cnt, k, d, i, j)
+
+    def cell(self, ind: int, i: str, j: str, lo: str, k: str, d: str):
+        """The indices of cell ``k`` of the diagonal that starts at row ``lo`` (the
+        schedule's rows and columns: -i and -j in a mirrored nest)."""
+        gen, inner = self.gen, self.n.inner
+        if self.n.sign > 0:
+            gen.line(ind, f"{i} = {lo} + {k}", inner)
+            gen.line(ind, f"{j} = {d} - {i}", inner)
+        else:
+            gen.line(ind, f"{i} = -({lo} + {k})", inner)
+            gen.line(ind, f"{j} = -{d} - {i}", inner)
 
     def strip_tables(self, ind: int, cells: str) -> dict:
         """{name: _Strip} for the 2-D arrays the nest reaches only at rows i + c (c a
@@ -537,8 +567,7 @@ class _Kernel:
             gen.line(1, f"{gen.mod.helper('rt_wide')}()", inner)
             gen.line(1, f"for {k} in range({cnt}):", inner)
             if self.uses_ij:
-                gen.line(2, f"{i} = {lo} + {k}", inner)
-                gen.line(2, f"{j} = {d} - {i}", inner)
+                self.cell(2, i, j, lo, k, d)
             for op in self.loads:
                 gen.line(2, f"{gen.ref(op.results[0])} = {gbuf[op]}[{k}]", op)
             for op in self.idx_in_kernel + self.compute:
@@ -567,6 +596,25 @@ class _Strip:
         ``first``): the table's row less ``base``, the same column."""
         row, col = op.operands[first:first + 2]
         return f"{gen.ref(row)} - {self.base}, {gen.ref(col)}"
+
+
+def _literal(x: str):
+    """The integer that text ``x`` spells (``-1``, ``((-1))``), or None."""
+    while x.startswith("(") and x.endswith(")"):
+        x = x[1:-1]
+    return ranges._int(x)
+
+
+def _minus(x: str, y: str) -> str:
+    """The text of x - y."""
+    c = _literal(y)
+    return ranges.plus(x, -c) if c is not None else ranges.minus(x, y)
+
+
+def _neg(x: str) -> str:
+    """The text of -x."""
+    c = _literal(x)
+    return str(-c) if c is not None else f"-{ranges._paren(x)}"
 
 
 def _plus(x: str, c: int) -> str:
