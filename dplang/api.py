@@ -545,3 +545,30 @@ def smooth(f, reg, gamma=None):
         return Derived(f.module, prog, key, f"smooth({f.__name__})",
                        lambda flat: tuple(flat) if func.returns_tuple else flat[0])
     return _lazy(f, "smooth", build)
+
+
+# ------------------------------------------------------------- implicit differentiation
+def _implicit_decorator(kind: str):
+    what = {"argmin": "obj", "root": "F", "fixed_point": "T"}[kind]
+
+    def decorator(fn, solver=None, tol=None, maxiter=None):
+        options = {k: v for k, v in (("solver", solver), ("tol", tol), ("maxiter", maxiter))
+                   if v is not None}
+
+        def apply(f):
+            from dplang.jit import JitFunction
+            if not isinstance(f, JitFunction):
+                raise TypeError(f"dp.{kind}({what}, ...) decorates a @dp.jit function (put it "
+                                f"above @dp.jit), got {type(f).__name__}")
+            return f.decorate(kind, fn, **options)
+        return apply
+    decorator.__name__ = kind
+    decorator.__doc__ = (f"``@dp.{kind}({what}, solver=..., tol=..., maxiter=...)`` above "
+                         f"``@dp.jit``: SPEC 2.4's ``@{kind}({what})`` for a jitted function "
+                         f"(derivatives by implicit differentiation, passes/implicit.py).")
+    return decorator
+
+
+argmin = _implicit_decorator("argmin")
+root = _implicit_decorator("root")
+fixed_point = _implicit_decorator("fixed_point")

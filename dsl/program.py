@@ -542,6 +542,8 @@ def _implicit_decorator(kind, d, args, kws, func, ctx, loader) -> dict:
     if sig.param_types is None and len(sig.param_names) == want:
         # a jitted function without annotations: specialised on (x, *theta)
         sig = loader.signature(key, [xt] + [v.type for v in func.params], args[0])
+    if sig.param_types is not None and sig.key in loader.lowered:
+        opts["fn"] = sig.key        # (a jitted function's specialisation on (x, *theta))
     if len(sig.param_names) != want:
         raise DPTypeError(f"@{kind}: '{fname}' must take (x, {', '.join(func.param_names)}): "
                           f"{want} parameter(s), it takes {len(sig.param_names)}", args[0].loc)

@@ -20,7 +20,7 @@ and with reverse mode to any order.
 """
 from __future__ import annotations
 
-from dplang.errors import DPInternalError, DPUnsupportedError
+from dplang.errors import DPInternalError
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Op, Program, Region, Value
@@ -37,20 +37,6 @@ def zero_like(b: Builder, v: Value) -> Value:
     return b.prim("zeros_like", v)
 
 
-def refuse_implicit(func: Func) -> None:
-    """Derivatives of a function decorated with ``@argmin``/``@root``/``@fixed_point``
-    come from the implicit function theorem (SPEC 2.4), never from its body (which may
-    be any solver).  That is not implemented yet: differentiating one is an error at the
-    function, not a derivative of the solver's iterations."""
-    imp = func.attrs.get("implicit")
-    if imp:
-        fn = str(imp.get("fn", "")).rsplit(".", 1)[-1]
-        raise DPUnsupportedError(
-            f"'{func.name}' is declared @{imp.get('kind')}({fn}): its derivatives come from "
-            f"implicit differentiation (SPEC 2.4), which dplang does not implement yet; "
-            f"the solver's body is not differentiated in its place", func.loc)
-
-
 class ForwardAD:
     def __init__(self, program: Program | None):
         self.program = program
@@ -58,11 +44,13 @@ class ForwardAD:
     # ------------------------------------------------------------------ funcs
     def jvp_func(self, func: Func, active: tuple, name: str | None = None) -> Func:
         """The JVP of ``func`` with respect to the parameters at indices ``active``."""
-        refuse_implicit(func)
         for k in active:
             if not is_float(func.params[k].type):
                 raise DPInternalError(f"jvp of '{func.name}' w.r.t. non-float parameter {k}")
         name = name or f"jvp_{func.name}_" + "_".join(str(k) for k in active)
+        if func.attrs.get("implicit"):      # @argmin/@root/@fixed_point: from the condition
+            from dplang.passes import implicit
+            return implicit.jvp_func(self.program, func, active, name)
         params = [Value(p.type, p.hint, p.loc) for p in func.params]
         tparams = [Value(func.params[k].type, "d_" + (func.params[k].hint or f"x{k}"),
                          func.params[k].loc) for k in active]

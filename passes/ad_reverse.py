@@ -48,7 +48,6 @@ which recomputes the callee's forward sweep.
 from __future__ import annotations
 
 from dplang.errors import DPInternalError
-from dplang.passes.ad_forward import refuse_implicit
 from dplang.ir import types as T
 from dplang.ir.analysis import uses
 from dplang.ir.builder import Builder
@@ -944,8 +943,10 @@ class ReverseAD:
             if not is_float(func.params[k].type):
                 raise DPInternalError(f"reverse AD of '{func.name}' w.r.t. non-float "
                                       f"parameter {k}")
-        refuse_implicit(func)
         name = name or f"{mode}_{func.name}_" + "_".join(map(str, active))
+        if func.attrs.get("implicit"):      # @argmin/@root/@fixed_point: from the condition
+            from dplang.passes import implicit
+            return implicit.vjp_func(self.program, func, active, mode, name)
         func = inline_calls(func, self.program)
         self.varied = varied_values(func, active)
         self.track = Tracking(func)
@@ -1081,7 +1082,7 @@ def inline_calls(func: Func, program: Program, limit: int = 2000) -> Func:
             key = program.exports.get(op.attrs["callee"], op.attrs["callee"])
             callee = program.funcs.get(key)
             # (a function with @argmin/@root/@fixed_point is not inlined: its derivative
-            # is not its body's, and its VJP refuses, ad_forward.refuse_implicit)
+            # is not its body's but the implicit one, passes/implicit.py)
             if callee is None or "implicit" in callee.attrs or sum(1 for _ in func.walk()) + sum(
                     1 for _ in callee.walk()) > limit:
                 continue

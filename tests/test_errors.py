@@ -681,39 +681,5 @@ def test_integer_argmax_under_smooth():
     assert (info.value.loc.line, info.value.loc.col) == (3, 14)
 
 
-IMPLICIT = textwrap.dedent('''\
-    def F(x: f64[n], a: f64[n]) -> f64[n]:
-        return x * x * x + x - a
-
-    @root(F)
-    def solve_cubic(a: f64[n]) -> f64[n]:
-        x = zeros_like(a)
-        for it in range(50):
-            x = x - (x * x * x + x - a) / (3.0 * x * x + 1.0)
-        return x
-
-    def loss(a: f64[n]) -> f64:
-        return sum(solve_cubic(a))
-
-    def other(a: f64[n], b: f64[n]) -> f64:
-        return sum(solve_cubic(b)) + sum(a * a)
-    ''')
-
-
-@pytest.mark.parametrize("backend", ["interp", "cpu"])
-def test_differentiating_an_implicit_function_is_a_located_error(backend):
-    """SPEC 2.4: derivatives of an @argmin/@root/@fixed_point function come from the
-    implicit function theorem, never from its body.  Until that lands, differentiating
-    one (directly, through a call, forward or reverse) is an error at the function, not
-    the derivative of the solver's iterations; values, and derivatives that do not pass
-    through it, are unaffected."""
-    mod = dp.compile(IMPLICIT, filename="cubic.dp", backend=backend)
-    a = np.array([1.0, 2.0, 3.0])
-    assert mod.loss(a) == pytest.approx(2.8957394665902, rel=1e-12)
-    for run in (lambda: dp.grad(mod.loss)(a), lambda: dp.jvp(mod.loss)(a, a),
-                lambda: dp.vjp(mod.solve_cubic)(a, a), lambda: dp.grad(mod.other, wrt=1)(a, a)):
-        with pytest.raises(dp.DPUnsupportedError) as e:
-            run()
-        msg = str(e.value)
-        assert msg.startswith("cubic.dp:5:1:") and "@root(F)" in msg and "SPEC 2.4" in msg
-    np.testing.assert_array_equal(dp.grad(mod.other, wrt=0)(a, a), 2 * a)
+# (Differentiating an @argmin/@root/@fixed_point function whose linear solve does not
+# converge: tests/test_implicit.py::test_a_solve_that_does_not_converge_is_a_located_error.)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dplang.errors import (DPAssertionError, DPError, DPInternalError, DPRuntimeError,
-                           DPShapeError)
+from dplang.errors import (DPAssertionError, DPConvergenceError, DPError, DPInternalError,
+                           DPRuntimeError, DPShapeError)
 from dplang.ir import types as T
 from dplang.ir.analysis import analyze_inplace
 from dplang.ir.core import Func, Op, Program, Region
@@ -232,7 +232,8 @@ def _assert(run: _Run, op: Op, env: dict, plan: _Plan) -> None:
             msg = msg.format(*[v.item() if isinstance(v, np.generic) else v for v in vals])
         except (IndexError, KeyError, ValueError):
             pass
-    cls = DPShapeError if op.attrs.get("kind") == "shape" else DPAssertionError
+    cls = {"shape": DPShapeError, "convergence": DPConvergenceError}.get(
+        op.attrs.get("kind"), DPAssertionError)
     err = cls(msg, op.loc)
     err.entry_check = bool(op.attrs.get("entry"))   # a parameter's shape, checked on entry
     raise err
