@@ -1,5 +1,5 @@
-"""The shipped examples (examples/softdtw_barycenter.py, examples/crf_tagging.py) run on
-small sizes: they make progress, beat simple baselines, and the gradients they use
+"""The shipped examples (examples/softdtw_barycenter.py, examples/crf_tagging.py,
+examples/ridge_hyperparameters.py) run on small sizes: they make progress, beat simple baselines, and the gradients they use
 agree with central finite differences of the compiled values."""
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 import pytest
+
+import dplang as dp
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "examples")
@@ -141,3 +143,39 @@ def test_crf_training_learns_the_tagging(crf):
     # the learned transitions prefer staying, as the data do
     W, A, b = r.params
     assert np.all(np.diag(A) > A.max(axis=1) - 1e-12)
+
+
+# ----------------------------------------------------------------------------------
+# ridge penalties tuned by implicit differentiation
+
+@pytest.fixture(scope="module")
+def ridge():
+    return load_example("ridge_hyperparameters")
+
+
+def test_ridge_validation_gradient_matches_finite_differences(ridge):
+    """The gradient through @argmin (implicit differentiation) against central
+    differences of the compiled validation loss, and against the closed form
+    dL/dlog_lam = -lam * w * (H^-1 dL/dw) with H the training objective's Hessian."""
+    X, y, Xv, yv, _ = ridge.make_data(seed=3)
+    m = ridge.program()
+    log_lam = np.random.default_rng(3).normal(size=X.shape[1]) - 1.0
+    value, grad = dp.value_and_grad(m.validation_loss, wrt="log_lam")(log_lam, X, y, Xv, yv)
+    assert value == pytest.approx(m.validation_loss(log_lam, X, y, Xv, yv), rel=1e-12)
+    assert_close(grad, fd_grad(lambda a: m.validation_loss(a, X, y, Xv, yv), log_lam),
+                 rtol=1e-6)
+    lam = np.exp(log_lam)
+    H = X.T @ X / len(y) + np.diag(lam)
+    w = np.linalg.solve(H, X.T @ y / len(y))
+    dw = Xv.T @ (Xv @ w - yv) / len(yv)
+    assert_close(grad, -lam * w * np.linalg.solve(H, dw), rtol=1e-9)
+
+
+def test_ridge_tuning_beats_the_best_single_strength(ridge):
+    r = ridge.main(steps=40, seed=0)
+    h = np.asarray(r.history)
+    assert np.all(np.diff(h) < 0) and len(h) >= 10
+    assert h[0] == pytest.approx(r.best_single, rel=1e-12)   # starts at the grid's best
+    assert h[-1] < 0.8 * r.best_single
+    relevant = r.true_weights != 0
+    assert r.log_lam[relevant].mean() < r.log_lam[~relevant].mean() - 1.0
