@@ -280,3 +280,73 @@ def test_decorators_of_jitted_functions(tmp_path):
                                                  rel=1e-10)
     with pytest.raises(TypeError):
         dp.root(mod.F)(lambda a: a)
+
+
+EDGES = '''
+def F(X: f64[n, n], A: f64[n, n]) -> f64[n, n]:
+    return X @ X - A
+
+# matrix square root by Newton (Denman-Beavers would do too)
+@root(F)
+def sqrtm(A: f64[n, n]) -> f64[n, n]:
+    Y = A
+    Z = eye(n)
+    for it in range(40):
+        Y1 = 0.5 * (Y + solve(Z, eye(n)))
+        Z = 0.5 * (Z + solve(Y, eye(n)))
+        Y = Y1
+    return Y
+
+def tr_sqrt(A: f64[n, n]) -> f64:
+    return trace(sqrtm(A))
+
+def G(x: f32[n], a: f32[n], k: i64) -> f32[n]:
+    return x * x * x + f32(k) * x - a
+
+@root(G, solver="bicgstab", tol=1e-5)
+def cub32(a: f32[n], k: i64) -> f32[n]:
+    x = zeros_like(a)
+    for it in range(60):
+        x = x - (x * x * x + f32(k) * x - a) / (3.0 * x * x + f32(k))
+    return x
+
+def s32(a: f32[n], k: i64) -> f32:
+    return sum(cub32(a, k))
+
+def H(x: f64, a: f64) -> f64:
+    return x * x * x + x - a
+
+@root(H)
+def cubic(a: f64) -> f64:
+    x = 0.0
+    for it in range(60):
+        x = x - (x * x * x + x - a) / (3.0 * x * x + 1.0)
+    return x
+
+def chain(a: f64[n]) -> f64:
+    s = 0.0
+    for i in range(n):
+        s = s + cubic(a[i] + s)
+    return s
+'''
+
+
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_matrix_solutions_float32_and_calls_inside_loops(backend):
+    """A matrix-valued solution (the square root of an SPD matrix: d tr(sqrt A) = 0.5
+    A^-1/2), a float32 solution with an integer parameter (bicgstab at tol=1e-5), and an
+    implicit function called in a loop of a function differentiated in reverse mode."""
+    m = dp.compile(EDGES, filename="edges.dp", backend=backend)
+    B = rng.standard_normal((4, 4))
+    A = B @ B.T + 4 * np.eye(4)
+    w, V = np.linalg.eigh(A)
+    np.testing.assert_allclose(dp.grad(m.tr_sqrt)(A), 0.5 * V @ np.diag(w ** -0.5) @ V.T,
+                               rtol=1e-10, atol=1e-13)
+    a = np.array([1.0, 2.0, 3.0], np.float32)
+    g = dp.grad(m.s32)(a, 2)
+    x = m.cub32(a, 2)
+    assert g.dtype == np.float32
+    np.testing.assert_allclose(g, 1 / (3 * x * x + 2), rtol=1e-5)
+    av = np.array([0.5, 1.0, -0.3])
+    fd = [(m.chain(av + EPS * e) - m.chain(av - EPS * e)) / (2 * EPS) for e in np.eye(3)]
+    np.testing.assert_allclose(dp.grad(m.chain)(av), fd, rtol=1e-7)
