@@ -9,7 +9,7 @@ from dplang.errors import (DPError, DPSyntaxError, DPUnsupportedError, DPTypeErr
                            DPAssertionError, DPInternalError)
 from dplang.eager import *  # noqa: F401,F403  (dp.exp, dp.smax, ...: eager built-ins)
 from dplang.api import (load, compile, jvp, vjp, grad, value_and_grad, hvp, smooth,  # noqa: F401
-                        Module, Function)
+                        vmap, Module, Function)
 from dplang.jit import jit, JitFunction  # noqa: F401
 from dplang.api import root, fixed_point  # noqa: F401  (SPEC 2.4 decorators of jitted functions)
 from dplang.eager import argmin  # noqa: F401  (the reduction, or the API's @argmin(obj))

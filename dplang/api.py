@@ -572,3 +572,71 @@ def _implicit_decorator(kind: str):
 argmin = _implicit_decorator("argmin")
 root = _implicit_decorator("root")
 fixed_point = _implicit_decorator("fixed_point")
+
+
+# ------------------------------------------------------------------------------- vmap
+def _in_axes(in_axes, names, where) -> tuple:
+    """SPEC 3's ``in_axes`` as one bool per parameter (True: mapped over axis 0)."""
+    def one(a, what):
+        if a is None:
+            return False
+        if isinstance(a, (int, np.integer)) and not isinstance(a, bool) and a == 0:
+            return True
+        raise ValueError(f"dp.vmap: {what} must be 0 (the leading axis) or None, got {a!r}")
+    if isinstance(in_axes, (list, tuple)):
+        if len(in_axes) != len(names):
+            raise ValueError(f"dp.vmap: in_axes has {len(in_axes)} entries but '{where}' takes "
+                             f"{len(names)} argument(s) ({', '.join(names)})")
+        return tuple(one(a, f"in_axes entry for '{n}'") for a, n in zip(in_axes, names))
+    return (one(in_axes, "in_axes"),) * len(names)
+
+
+def vmap(f, in_axes=0, backend=None):
+    """``f`` mapped over a leading batch axis (SPEC 3): ``in_axes`` is 0 (every argument
+    mapped) or a tuple with 0 or None per argument; the results are stacked along a new
+    leading axis.  On "cpu" the examples run in parallel across cores
+    (passes/vmap.py); ``backend`` runs the mapped function on another backend than
+    ``f``'s module."""
+    if backend is not None:
+        _check_backend(backend)
+
+    def build(f):
+        import copy
+        from dplang.passes.vmap import vmap_program
+        batched = _in_axes(in_axes, list(f.func.param_names), f.__name__)
+        base, key = _base(f)
+        prog, key = vmap_program(base, key, batched)
+        module = f.module
+        if backend is not None and backend != module._backend:
+            module = copy.copy(module)
+            module._backend = backend
+            module._funcs = {}
+        func = prog.funcs[key]
+        return Derived(module, prog, key, f"vmap({f.__name__})",
+                       lambda flat: tuple(flat) if func.returns_tuple else flat[0])
+    if isinstance(f, Function):
+        return build(f)
+    if hasattr(f, "specialise") and hasattr(f, "param_names"):
+        return _LazyVmap(f, build, in_axes)
+    raise TypeError(f"dp.vmap takes a compiled dplang function, got {type(f).__name__}")
+
+
+class _LazyVmap(LazyDerived):
+    """``dp.vmap`` of a ``@dp.jit`` function (or of a transformation of one): specialised
+    on the types of one example (the first entry of each mapped argument)."""
+
+    def __init__(self, base, build, in_axes):
+        super().__init__(base, build, "vmap")
+        self.in_axes = in_axes
+
+    def specialise(self, *args):
+        n = len(self.param_names)
+        mapped = _in_axes(self.in_axes, self.param_names, self.__name__)
+        first = [np.asarray(a)[0] if m and np.ndim(a) and len(a) else a
+                 for a, m in zip(args[:n], mapped)]
+        base = self.base.specialise(*first)
+        key = id(base)
+        if key not in self._cache:
+            self._cache[key] = (base, self.build(base))
+        self._last = self._cache[key][1]
+        return self._last

@@ -110,7 +110,7 @@ def helper_closure(names) -> list[str]:
 # ---------------------------------------------------------------------- names
 _RESERVED_BASE = set(keyword.kwlist) | set(getattr(keyword, "softkwlist", [])) | \
     set(dir(builtins)) | {"np", "math", "numba", "jit", "jit_kernel", "jit_inline", "self",
-                          "prim_call"}
+                          "prim_call", "jit_parallel"}
 
 
 def _sanitize(name: str) -> str:
@@ -235,6 +235,7 @@ class ModuleGen:
         self.consts: list[str] = []
         self.objmode = False
         self.kernels = False                    # some function has wavefront kernels
+        self.parallel = False                   # some function has a parallel loop (vmap)
 
     def _key(self, name: str) -> str:
         key = self.program.exports.get(name, name)
@@ -316,6 +317,8 @@ class ModuleGen:
             out.append(f"jit_inline = numba.njit({opts}, inline=\"always\")")
         if self.kernels:        # wavefront kernels index only their own buffers, below size
             out.append("jit_kernel = numba.njit(cache=True, error_model=\"numpy\")")
+        if self.parallel:       # functions with a loop of independent iterations (dp.vmap)
+            out.append(f"jit_parallel = numba.njit({opts}, parallel=True)")
         if self.consts:
             out.append("")
             out.extend(self.consts)
@@ -332,7 +335,8 @@ class ModuleGen:
             out.append("")
             out.extend(b)
         if not self.standalone:
-            return Generated("\n".join(out) + "\n", dict(self.fnames), helpers, self.objmode)
+            return Generated("\n".join(out) + "\n", dict(self.fnames), helpers,
+                             self.objmode or self.parallel)
         text = "\n".join(out) + "\n"
         # public names that equal a name the generated code uses (np, range, jit, rt_psum,
         # ...) would replace it in the module's namespace: such uses get an alias
@@ -345,7 +349,7 @@ class ModuleGen:
             for n in clash:
                 if n in ("np", "math", "numba"):
                     continue
-                if n in ("jit", "jit_kernel", "jit_inline", "prim_call") or \
+                if n in ("jit", "jit_kernel", "jit_inline", "jit_parallel", "prim_call") or \
                         n in runtime_helpers():
                     continue
                 if bmod is None:
@@ -720,7 +724,10 @@ class FuncGen:
         if len(f.result_types) != 1:
             res = f"({res})"
         self.lines = []
-        head = [f"@jit", f"def {self.name}({', '.join(params)}):"]
+        parallel = any(op.name == "for" and op.attrs.get("parallel") for op in f.walk())
+        if parallel:
+            self.mod.parallel = True
+        head = ["@jit_parallel" if parallel else "@jit", f"def {self.name}({', '.join(params)}):"]
         doc = f'    """{_safe_doc(f.name)}({_safe_doc(sig)}) -> {_safe_doc(res)}"""'
         self.region(f.body, 1)
         c = _comment(f.loc)
@@ -1162,7 +1169,18 @@ class FuncGen:
             zero = f"np.{NBDT[c.table.type.dtype]}(0.0)"
             self.line(ind, f"{c.name} = {self.ref(c.table)}[{ranges.plus(outer_iv, c.row)}, "
                            f"{ranges.plus(lo, -1)}] if {lo} < {hi} else {zero}", op)
-        self.line(ind, f"for {iv} in range({lo}, {hi}, {step}):", op)
+        done = None
+        if step == "1" and self._parallel_ok(op):
+            # independent iterations (passes/vmap.py): across cores.  An exception raised
+            # in a worker thread is lost by Numba's parallel loops (the iteration just
+            # stops), so each iteration marks its end, and a missing mark raises after
+            # the loop: the backend then replays the call on the interpreter, which
+            # raises the located error of the failing iteration
+            done = self.fresh("done")
+            self.line(ind, f"{done} = np.zeros(max({hi} - {lo}, 0), np.bool_)", op)
+            self.line(ind, f"for {iv} in numba.prange({lo}, {hi}):", op)
+        else:
+            self.line(ind, f"for {iv} in range({lo}, {hi}, {step}):", op)
         n = len(self.lines)
         self.wave_cell(op, ind + 1)
         self.region(body, ind + 1)
@@ -1175,6 +1193,11 @@ class FuncGen:
             self.assign_slots(ind + 1, y, slots, y.operands, self.ana.yield_copies, 0, y)
         for w in self.window_turns.get(op, ()):
             window.emit_turn(self, w, ind + 1)
+        if done is not None:
+            self.line(ind + 1, f"{done}[{iv} - {lo}] = True", op)
+            self.line(ind, f"if not {done}.all():", op)
+            self.line(ind + 1, "raise AssertionError('an iteration of a parallel loop failed')",
+                      op)
         if len(self.lines) == n:
             self.line(ind + 1, "pass", op)
         for name, c in carry:           # the last iteration's add, where it goes
@@ -1186,6 +1209,23 @@ class FuncGen:
             self.line(ind + 1, self.window_access(c.add, idx, "+=", name)
                       if c.add in self.windows else self.unchecked_store(x, idx, "+=", name),
                       c.add)
+
+    def _parallel_ok(self, op: Op) -> bool:
+        """Whether ``for`` op (marked ``parallel``: its iterations are independent) can
+        run as ``numba.prange``: it carries arrays only, each updated in place (no copy
+        at entry or exit), and pushes or pops no tape (reverse mode's forward sweep of a
+        mapped loop pushes each iteration's values in order: it stays sequential)."""
+        if not op.attrs.get("parallel"):
+            return False
+        body = op.regions[0]
+        if any(not isinstance(a.type, T.Array) for a in body.args[1:]):
+            return False
+        if any((op, k) in self.ana.init_copies for k in range(len(op.operands))):
+            return False
+        y = body.terminator
+        if y is None or any((y, k) in self.ana.yield_copies for k in range(len(y.operands))):
+            return False
+        return not any(o.name in ("tape_push", "tape_pop", "tape_new") for o in body.walk())
 
     def emit_while(self, op: Op, ind: int):
         cond, body = op.regions
