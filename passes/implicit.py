@@ -43,9 +43,9 @@ from dplang.errors import DPInternalError, DPTypeError
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Region, Value
-from dplang.ir.primitives.rules import (E, _index_key, emitting, full, lift, ravel,
-                                        reshape_like, setitem, size, solve, sqrt, transpose,
-                                        where)
+from dplang.ir.primitives.rules import (E, _index_key, builder, emitting, full, lift,
+                                        maximum, minimum, prim, ravel, reshape_like, setitem,
+                                        size, solve, sqrt, transpose, where)
 
 RESTART = 30            # GMRES's Krylov dimension between restarts
 _FULL = slice(None)
@@ -95,7 +95,7 @@ class _Condition:
 
     def _call(self, key: str, args) -> list:
         f = self.program.funcs[key]
-        b = _builder()
+        b = builder()
         op = b.op("call", [lift(a).v for a in args], list(f.result_types), {"callee": key})
         return [E(r) for r in op.results]
 
@@ -130,11 +130,6 @@ class _Condition:
             return outs[len(act):]
         outs = self._call(self._rev(self.fn, act, "vjp"), [x, *th, w])
         return outs[1:]
-
-
-def _builder() -> Builder:
-    from dplang.ir.primitives.rules import builder
-    return builder()
 
 
 # ----------------------------------------------------------------------- the functions
@@ -217,7 +212,7 @@ def _linsolve(cond: _Condition, matvec, rhs, what: str):
     n = size(rhs)
     maxiter = opts.get("maxiter")
     if maxiter is None:
-        maxiter = _max(lift(n) * 10, lift(100))
+        maxiter = maximum(lift(n) * 10, lift(100))
     else:
         maxiter = lift(int(maxiter))
     if solver == "dense":
@@ -229,13 +224,7 @@ def _linsolve(cond: _Condition, matvec, rhs, what: str):
 
 
 def _abs(a):
-    from dplang.ir.primitives.rules import prim
     return prim("abs", a)
-
-
-def _max(a, b):
-    from dplang.ir.primitives.rules import maximum
-    return maximum(a, b)
 
 
 def _check(cond, res, bnorm, iters, what, exact=False):
@@ -245,7 +234,7 @@ def _check(cond, res, bnorm, iters, what, exact=False):
     f = cond.func
     fname = getattr(f, "display_name", None) or f.name.rsplit(".", 1)[-1]
     ok = (res <= bnorm * tol) | (res <= 0.0)
-    b = _builder()
+    b = builder()
     rel = res / where(bnorm > 0.0, bnorm, 1.0)
     msg = (f"implicit differentiation of '{fname}' (@{cond.kind}): the linear solve with "
            f"{what} ({cond.opts['solver']}, tol={tol:g}) did not converge: relative residual "
@@ -262,7 +251,7 @@ def _loop(kind: str, inits: list, body_fn, cond_fn=None, bounds=None):
     """A ``while`` (``cond_fn``) or ``for`` (``bounds``) op carrying ``inits`` (E values);
     ``body_fn`` gets the carried values (after the index, for a ``for``) and returns the
     next ones.  Returns the results as E values."""
-    b = _builder()
+    b = builder()
     loc = b.loc
     vals = [lift(v).v for v in inits]
     types = [v.type for v in vals]
@@ -354,7 +343,7 @@ def _gmres(cond, matvec, b, n, tol, maxiter, what):
     then |g[j + 1]|), the true residual recomputed at each restart."""
     b1 = ravel(b)
     bnorm = _norm(b1)
-    m = _min(n, lift(RESTART))
+    m = minimum(lift(n), lift(RESTART))
     dt = b.dtype
 
     def mv(u):
@@ -410,11 +399,6 @@ def _gmres(cond, matvec, b, n, tol, maxiter, what):
     v, res, total = _loop("while", [b1 * 0.0, bnorm, lift(0)], outer, outer_test)
     _check(cond, res, bnorm, total, what)
     return reshape_like(v, b)
-
-
-def _min(a, b):
-    from dplang.ir.primitives.rules import minimum
-    return minimum(lift(a), lift(b))
 
 
 def _dense(cond, matvec, b, n, tol, what):

@@ -28,7 +28,7 @@ from dplang.errors import DPTypeError
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Program, Region, Value
-from dplang.ir.primitives.rules import E, dims, emitting, full, lift, _index_key
+from dplang.ir.primitives.rules import E, _index_key, builder, dims, emitting, full, lift, setitem
 
 _ALL = slice(None)
 
@@ -89,7 +89,7 @@ def vmap_func(func: Func, batched: tuple, name: str) -> Func:
             return [_row(E(p), k) if bb else E(p) for p, bb in zip(params, batched)]
 
         def call(args):
-            op = b_().op("call", [a.v for a in args], list(func.result_types),
+            op = builder().op("call", [a.v for a in args], list(func.result_types),
                          {"callee": func.name}, hints=[None] * len(func.result_types))
             return [E(r) for r in op.results]
         r0 = call(example(lift(0)))
@@ -108,11 +108,6 @@ def vmap_func(func: Func, batched: tuple, name: str) -> Func:
                 func.filename)
 
 
-def b_():
-    from dplang.ir.primitives.rules import builder
-    return builder()
-
-
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
@@ -126,7 +121,6 @@ def _row(x: E, k):
 
 def _put(out: E, r: E, k):
     """``out`` with example ``k`` set to ``r``."""
-    from dplang.ir.primitives.rules import setitem
     key = (k,) + (_ALL,) * (out.ndim - 1)
     ops, index = _index_key(key)
     return setitem(out, r, *ops, index=index)
@@ -135,7 +129,7 @@ def _put(out: E, r: E, k):
 def _parallel_for(lo, hi, inits, body_fn):
     """A ``for`` over ``range(lo, hi)`` whose iterations are independent (attribute
     ``parallel``), carrying ``inits``."""
-    b = b_()
+    b = builder()
     loc = b.loc
     vals = [lift(v).v for v in inits]
     reg = Region([Value(T.I64, "k", loc)] + [Value(v.type, v.hint, loc) for v in vals],
