@@ -40,19 +40,14 @@ Decisions: docs/ad.md, "Implicit differentiation".
 from __future__ import annotations
 
 from dplang.errors import DPInternalError, DPTypeError
-from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Region, Value
-from dplang.ir.primitives.rules import (E, _index_key, builder, emitting, full, lift,
-                                        maximum, minimum, prim, ravel, reshape_like, setitem,
-                                        size, solve, sqrt, transpose, where)
+from dplang.ir.primitives.rules import (E, builder, emitting, full, lift, loop, maximum,
+                                        minimum, prim, put, ravel, reshape_like, size, solve,
+                                        sqrt, transpose, where)
 
 RESTART = 30            # GMRES's Krylov dimension between restarts
 _FULL = slice(None)
-
-
-def is_implicit(func: Func) -> bool:
-    return bool(func.attrs.get("implicit"))
 
 
 # ----------------------------------------------------------------------- conditions
@@ -247,48 +242,6 @@ def _check(cond, res, bnorm, iters, what, exact=False):
          {"msg": msg, "kind": "convergence"})
 
 
-def _loop(kind: str, inits: list, body_fn, cond_fn=None, bounds=None):
-    """A ``while`` (``cond_fn``) or ``for`` (``bounds``) op carrying ``inits`` (E values);
-    ``body_fn`` gets the carried values (after the index, for a ``for``) and returns the
-    next ones.  Returns the results as E values."""
-    b = builder()
-    loc = b.loc
-    vals = [lift(v).v for v in inits]
-    types = [v.type for v in vals]
-
-    def region(label, iv):
-        args = ([Value(T.I64, "k", loc)] if iv else []) + \
-            [Value(t, v.hint, loc) for t, v in zip(types, vals)]
-        return Region(args, label=label)
-    regions = []
-    if kind == "while":
-        creg = region("cond", False)
-        cb = Builder(creg, loc)
-        with emitting(cb):
-            c = lift(cond_fn(*[E(a) for a in creg.args]))
-            cb.yield_(c.v)
-        regions.append(creg)
-    breg = region("body", kind == "for")
-    bb = Builder(breg, loc)
-    with emitting(bb):
-        outs = body_fn(*[E(a) for a in breg.args])
-        outs = [lift(o, t.dtype).v for o, t in zip(outs, types)]
-        for o, t in zip(outs, types):
-            if o.type != t:
-                raise DPInternalError(f"implicit: loop carries {t} but the body gives {o.type}",
-                                      loc)
-        bb.yield_(*outs)
-    regions.append(breg)
-    operands = ([lift(x).v for x in bounds] if kind == "for" else []) + vals
-    op = b.op(kind, operands, types, {}, regions=regions, hints=[v.hint for v in vals])
-    return [E(r) for r in op.results]
-
-
-def _set(x, v, *key):
-    ops, index = _index_key(key)
-    return setitem(x, v, *ops, index=index)
-
-
 def _cg(cond, matvec, b, n, tol, maxiter, what):
     """Conjugate gradients from v = 0."""
     bnorm = _norm(b)
@@ -306,7 +259,7 @@ def _cg(cond, matvec, b, n, tol, maxiter, what):
         rs1 = _dot(r, r)
         p = r + (rs1 / rs) * p
         return [v, r, p, rs1, k + 1]
-    v, r, p, rs, k = _loop("while", [v0, b, b, rs0, lift(0)], step, test)
+    v, r, p, rs, k = loop("while", [v0, b, b, rs0, lift(0)], step, test)
     _check(cond, sqrt(rs), bnorm, k, what)
     return v
 
@@ -332,7 +285,7 @@ def _bicgstab(cond, matvec, b, n, tol, maxiter, what):
         v = v + alpha * p + omega * s
         r = s - omega * t
         return [v, r, p, q, rho1, alpha, omega, k + 1]
-    v, r, *_, k = _loop("while", [zero, b, zero, zero, one, one, one, lift(0)], step, test)
+    v, r, *_, k = loop("while", [zero, b, zero, zero, one, one, one, lift(0)], step, test)
     _check(cond, _norm(r), bnorm, k, what)
     return v
 
@@ -355,9 +308,9 @@ def _gmres(cond, matvec, b, n, tol, maxiter, what):
     def outer(v, res, total):
         r = b1 - mv(v)
         beta = _norm(r)
-        V = _set(full(lift(0.0, dt), m + 1, n), r / where(beta > 0.0, beta, 1.0), 0, _FULL)
+        V = put(full(lift(0.0, dt), m + 1, n), r / where(beta > 0.0, beta, 1.0), 0, _FULL)
         H = full(lift(0.0, dt), m + 1, m)
-        g = _set(full(lift(0.0, dt), m + 1), beta, 0)
+        g = put(full(lift(0.0, dt), m + 1), beta, 0)
         cs = full(lift(0.0, dt), m)
         sn = full(lift(0.0, dt), m)
 
@@ -370,33 +323,33 @@ def _gmres(cond, matvec, b, n, tol, maxiter, what):
             def gs(i, w, H):                    # modified Gram-Schmidt
                 vi = V[i, _FULL]
                 h = _dot(w, vi)
-                return [w - h * vi, _set(H, h, i, j)]
-            w, H = _loop("for", [w0, H], gs, bounds=[lift(0), j + 1, lift(1)])
+                return [w - h * vi, put(H, h, i, j)]
+            w, H = loop("for", [w0, H], gs, bounds=[lift(0), j + 1, lift(1)])
             hn = _norm(w)
-            H = _set(H, hn, j + 1, j)
-            V = _set(V, w / where(hn > 0.0, hn, 1.0), j + 1, _FULL)
+            H = put(H, hn, j + 1, j)
+            V = put(V, w / where(hn > 0.0, hn, 1.0), j + 1, _FULL)
 
             def rot(i, H):                      # the earlier rotations on column j
                 a, c = H[i, j], H[i + 1, j]
-                H = _set(H, cs[i] * a + sn[i] * c, i, j)
-                return [_set(H, cs[i] * c - sn[i] * a, i + 1, j)]
-            (H,) = _loop("for", [H], rot, bounds=[lift(0), j, lift(1)])
+                H = put(H, cs[i] * a + sn[i] * c, i, j)
+                return [put(H, cs[i] * c - sn[i] * a, i + 1, j)]
+            (H,) = loop("for", [H], rot, bounds=[lift(0), j, lift(1)])
             a, c = H[j, j], H[j + 1, j]
             d = sqrt(a * a + c * c)
             dd = where(d > 0.0, d, 1.0)
             ci, si = where(d > 0.0, a / dd, 1.0), c / dd
-            cs = _set(cs, ci, j)
-            sn = _set(sn, si, j)
-            H = _set(_set(H, d, j, j), 0.0, j + 1, j)
+            cs = put(cs, ci, j)
+            sn = put(sn, si, j)
+            H = put(put(H, d, j, j), 0.0, j + 1, j)
             gj = g[j]
-            g = _set(_set(g, -si * gj, j + 1), ci * gj, j)
+            g = put(put(g, -si * gj, j + 1), ci * gj, j)
             return [V, H, g, cs, sn, j + 1, _abs(-si * gj), total + 1]
-        V, H, g, cs, sn, j, _, total = _loop(
+        V, H, g, cs, sn, j, _, total = loop(
             "while", [V, H, g, cs, sn, lift(0), res, total], inner, inner_test)
         y = solve(H[:j, :j], g[:j])
         v = v + transpose(V[:j, _FULL]) @ y
         return [v, _norm(b1 - mv(v)), total]
-    v, res, total = _loop("while", [b1 * 0.0, bnorm, lift(0)], outer, outer_test)
+    v, res, total = loop("while", [b1 * 0.0, bnorm, lift(0)], outer, outer_test)
     _check(cond, res, bnorm, total, what)
     return reshape_like(v, b)
 
@@ -408,9 +361,9 @@ def _dense(cond, matvec, b, n, tol, what):
     dt = b.dtype
 
     def col(k, At):
-        e = _set(full(lift(0.0, dt), n), 1.0, k)
-        return [_set(At, ravel(matvec(reshape_like(e, b))), k, _FULL)]
-    (At,) = _loop("for", [full(lift(0.0, dt), n, n)], col, bounds=[lift(0), n, lift(1)])
+        e = put(full(lift(0.0, dt), n), 1.0, k)
+        return [put(At, ravel(matvec(reshape_like(e, b))), k, _FULL)]
+    (At,) = loop("for", [full(lift(0.0, dt), n, n)], col, bounds=[lift(0), n, lift(1)])
     A = transpose(At)
     v = solve(A, b1)
     _check(cond, _norm(A @ v - b1), _norm(b1), n, what)

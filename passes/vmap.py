@@ -28,7 +28,7 @@ from dplang.errors import DPTypeError
 from dplang.ir import types as T
 from dplang.ir.builder import Builder
 from dplang.ir.core import Func, Program, Region, Value
-from dplang.ir.primitives.rules import E, _index_key, builder, dims, emitting, full, lift, setitem
+from dplang.ir.primitives.rules import E, builder, dims, emitting, full, lift, loop, put
 
 _ALL = slice(None)
 
@@ -99,9 +99,10 @@ def vmap_func(func: Func, batched: tuple, name: str) -> Func:
             fill = lift(False) if t.dtype == "bool" else lift(0, t.dtype)
             o = full(fill, n, *dims(r), _shape=shape)
             outs.append(_put(o, r, lift(0)))
-        if outs:
-            outs = _parallel_for(lift(1), n, outs, lambda k, cur: [
-                _put(o, r, k) for o, r in zip(cur, call(example(k)))])
+        if outs:        # the other examples: independent iterations
+            outs = loop("for", outs, lambda k, *cur: [
+                _put(o, r, k) for o, r in zip(cur, call(example(k)))],
+                bounds=[lift(1), n, lift(1)], attrs={"parallel": True})
         b.return_(*[o.v for o in outs])
     rtypes = [o.v.type for o in outs]
     return Func(name, body, rtypes, func.loc, {}, list(func.param_names), func.returns_tuple,
@@ -121,23 +122,4 @@ def _row(x: E, k):
 
 def _put(out: E, r: E, k):
     """``out`` with example ``k`` set to ``r``."""
-    key = (k,) + (_ALL,) * (out.ndim - 1)
-    ops, index = _index_key(key)
-    return setitem(out, r, *ops, index=index)
-
-
-def _parallel_for(lo, hi, inits, body_fn):
-    """A ``for`` over ``range(lo, hi)`` whose iterations are independent (attribute
-    ``parallel``), carrying ``inits``."""
-    b = builder()
-    loc = b.loc
-    vals = [lift(v).v for v in inits]
-    reg = Region([Value(T.I64, "k", loc)] + [Value(v.type, v.hint, loc) for v in vals],
-                 label="body")
-    bb = Builder(reg, loc)
-    with emitting(bb):
-        outs = body_fn(E(reg.args[0]), [E(a) for a in reg.args[1:]])
-        bb.yield_(*[o.v for o in outs])
-    op = b.op("for", [lift(lo).v, lift(hi).v, lift(1).v] + vals, [v.type for v in vals],
-              {"parallel": True}, regions=[reg], hints=[v.hint for v in vals])
-    return [E(r) for r in op.results]
+    return put(out, r, k, *(_ALL,) * (out.ndim - 1))

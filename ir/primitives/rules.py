@@ -622,6 +622,49 @@ def setitem(x, v, *idx, **attrs):
     return _emit("setitem", x, v, *[lift(i) for i in idx], **attrs)
 
 
+def put(x, v, *key):
+    """``x`` with ``x[key] = v`` for a Python index ``key`` (ints, i64 E, slices)."""
+    ops, index = _index_key(key)
+    return setitem(x, v, *ops, index=index)
+
+
+def loop(kind: str, inits, body, cond=None, bounds=None, attrs=None) -> list:
+    """A ``while`` (``cond``: carried values -> bool E) or ``for`` (``bounds``: lo, hi,
+    step) op carrying ``inits``; ``body`` gets the carried values (after the index, for a
+    ``for``) and returns the next ones, of the same types.  Returns the results."""
+    from dplang.ir.builder import Builder
+    from dplang.ir.core import Region
+    b = builder()
+    loc = b.loc
+    vals = [lift(v).v for v in inits]
+    types = [v.type for v in vals]
+
+    def region(label, iv):
+        args = ([Value(T.I64, "k", loc)] if iv else []) + \
+            [Value(t, v.hint, loc) for t, v in zip(types, vals)]
+        return Region(args, label=label)
+    regions = []
+    if kind == "while":
+        creg = region("cond", False)
+        cb = Builder(creg, loc)
+        with emitting(cb):
+            cb.yield_(lift(cond(*[E(a) for a in creg.args])).v)
+        regions.append(creg)
+    breg = region("body", kind == "for")
+    bb = Builder(breg, loc)
+    with emitting(bb):
+        outs = [lift(o, t.dtype).v for o, t in zip(body(*[E(a) for a in breg.args]), types)]
+        for o, t in zip(outs, types):
+            if o.type != t:
+                raise TypeError(f"rules.loop: the loop carries {t} but its body gives {o.type}")
+        bb.yield_(*outs)
+    regions.append(breg)
+    operands = ([lift(x).v for x in bounds] if kind == "for" else []) + vals
+    op = b.op(kind, operands, types, dict(attrs or {}), regions=regions,
+              hints=[v.hint for v in vals])
+    return [E(r) for r in op.results]
+
+
 def scatter_add(x, v, *idx, **attrs):
     """``x`` with ``v`` added into ``x[idx]``."""
     if v is ZERO:
