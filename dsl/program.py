@@ -513,7 +513,7 @@ def _implicit_decorator(kind, d, args, kws, func, ctx, loader) -> dict:
     if key is None:
         raise DPNameError(f"@{kind}: unknown function '{fname}'", args[0].loc)
     opts = {"fn": key, "solver": "cg" if kind == "argmin" else "gmres", "tol": 1e-10,
-            "maxiter": None, "kind": kind}
+            "maxiter": None, "kind": kind, "_loc": d.loc}   # (where solve errors point)
     for kw in kws:
         if kw.name == "solver":
             if not isinstance(kw.value, A.Str) or kw.value.value not in SOLVERS:

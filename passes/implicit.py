@@ -34,7 +34,7 @@ entry of ``x``, then ``solve``).  ``tol`` is the relative residual ``|A v - b| <
 |b|`` at which the iterations stop (default 1e-10); ``maxiter`` the most products with
 ``A`` (default ``10 * x.size``, at least 100).  A solve that stops short of the
 tolerance (or a result that is not finite) raises ``DPConvergenceError`` with the
-residual reached and the iterations done, located at the decorated function.
+residual reached and the iterations done, located at the decorator.
 Decisions: docs/ad.md, "Implicit differentiation".
 """
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _check(cond, res, bnorm, iters, what, exact=False):
                f"derivative in x is singular (relative residual {{1}} after {{2}} "
                f"division)")
     b.op("assert", [lift(ok).v, lift(rel).v, lift(iters).v], [],
-         {"msg": msg, "kind": "convergence"})
+         {"msg": msg, "kind": "convergence"}, loc=cond.opts.get("_loc") or f.loc)
 
 
 def _cg(cond, matvec, b, n, tol, maxiter, what):
