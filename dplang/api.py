@@ -403,8 +403,12 @@ class LazyDerived:
         self._last = None
         self.__name__ = f"{what}({getattr(base, '__name__', 'f')})"
 
+    def _base_args(self, args):
+        """The arguments the base function is specialised on."""
+        return args[:len(self.param_names)]
+
     def specialise(self, *args):
-        base = self.base.specialise(*args[:len(self.param_names)])
+        base = self.base.specialise(*self._base_args(args))
         key = id(base)
         if key not in self._cache:
             self._cache[key] = (base, self.build(base))
@@ -629,14 +633,7 @@ class _LazyVmap(LazyDerived):
         super().__init__(base, build, "vmap")
         self.in_axes = in_axes
 
-    def specialise(self, *args):
-        n = len(self.param_names)
+    def _base_args(self, args):
         mapped = _in_axes(self.in_axes, self.param_names, self.__name__)
-        first = [np.asarray(a)[0] if m and np.ndim(a) and len(a) else a
-                 for a, m in zip(args[:n], mapped)]
-        base = self.base.specialise(*first)
-        key = id(base)
-        if key not in self._cache:
-            self._cache[key] = (base, self.build(base))
-        self._last = self._cache[key][1]
-        return self._last
+        return [np.asarray(a)[0] if m and np.ndim(a) and len(a) else a
+                for a, m in zip(args[:len(self.param_names)], mapped)]

@@ -148,6 +148,10 @@ def guard(gen, n: Nest, ind: int, push_slots=()) -> set:
 
 
 def _int(s: str):
+    """The integer that text ``s`` spells (``-1``, or a literal as the code generator
+    writes it, ``((-1))``), or None."""
+    while s.startswith("(") and s.endswith(")"):
+        s = s[1:-1]
     try:
         return int(s)
     except ValueError:

@@ -598,22 +598,15 @@ class _Strip:
         return f"{gen.ref(row)} - {self.base}, {gen.ref(col)}"
 
 
-def _literal(x: str):
-    """The integer that text ``x`` spells (``-1``, ``((-1))``), or None."""
-    while x.startswith("(") and x.endswith(")"):
-        x = x[1:-1]
-    return ranges._int(x)
-
-
 def _minus(x: str, y: str) -> str:
     """The text of x - y."""
-    c = _literal(y)
+    c = ranges._int(y)
     return ranges.plus(x, -c) if c is not None else ranges.minus(x, y)
 
 
 def _neg(x: str) -> str:
     """The text of -x."""
-    c = _literal(x)
+    c = ranges._int(x)
     return str(-c) if c is not None else f"-{ranges._paren(x)}"
 
 
